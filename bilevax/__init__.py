@@ -1,0 +1,21 @@
+"""bilevax: differentiable optimization and bilevel learning in JAX.
+
+Subpackages:
+
+- `bilevax.implicit`: implicit differentiation of any solver from its optimality
+  condition (root or fixed point), with matrix-free lineax linear solves.
+- `bilevax.solvers`: constrained solvers whose solutions are differentiable.
+- `bilevax.bilevel`: bilevel problems and algorithms.
+- `bilevax.datasets`: loaders for the examples and benchmarks.
+"""
+
+from . import (
+    bilevel as bilevel,
+    datasets as datasets,
+    implicit as implicit,
+    solvers as solvers,
+)
+
+__version__ = "0.1.0"
+
+__all__ = ["bilevel", "datasets", "implicit", "solvers"]

@@ -1,0 +1,10 @@
+"""Dataset loaders for the examples and benchmarks.
+
+Loaders return NumPy-free JAX arrays in a `Split` of train, validation and test
+parts. Data are read from packages installed on the machine (scikit-learn's bundled
+datasets); a missing package gives an error that says how to install it.
+"""
+
+from ._sklearn import Split as Split, breast_cancer as breast_cancer
+
+__all__ = ["Split", "breast_cancer"]

@@ -1,0 +1,207 @@
+"""Linear solvers for the adjoint system of implicit differentiation.
+
+The adjoint system is `A v = b` with `A = ∂F/∂y` the Jacobian of the optimality
+condition at the solution. `A` is only ever available as a matrix-free lineax
+operator (a linearised JVP), so the solvers here work from matrix-vector products.
+"""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import lineax as lx
+from jaxtyping import Array, PyTree
+
+from ._tree import tree_all_finite, tree_dot, tree_norm
+
+
+def _dominant_eigenvalue(operator: lx.AbstractLinearOperator, steps: int) -> Array:
+    """Estimate of the eigenvalue of largest magnitude of `operator`, signed.
+
+    `steps` power iterations from a fixed pseudo-random direction (deterministic),
+    then magnitude `‖A v‖` and sign of the Rayleigh quotient `vᵀ A v` at the last
+    unit iterate `v`. For symmetric operators this approaches `λ_max` in magnitude
+    from below.
+    """
+    leaves, treedef = jtu.tree_flatten(operator.in_structure())
+    keys = jax.random.split(jax.random.key(0), len(leaves))
+    v = jtu.tree_unflatten(
+        treedef,
+        [
+            jax.random.normal(k, s.shape, s.dtype)
+            for k, s in zip(keys, leaves, strict=True)
+        ],
+    )
+
+    def normalise(w):
+        norm = tree_norm(w)
+        return jtu.tree_map(lambda a: a / jnp.where(norm > 0, norm, 1), w)
+
+    v = jax.lax.fori_loop(
+        0, steps, lambda _, w: normalise(operator.mv(w)), normalise(v)
+    )
+    av = operator.mv(v)
+    return jnp.where(tree_dot(v, av) < 0, -1.0, 1.0) * tree_norm(av)
+
+
+class Neumann(lx.AbstractLinearSolver):
+    r"""Truncated Neumann series for `A v = b` (Lorraine, Vicol, Duvenaud, 2020).
+
+    Approximates the inverse by
+
+    $$A^{-1} b \approx \alpha \sum_{j=0}^{\text{steps}} (I - \alpha A)^j b,$$
+
+    which converges when the eigenvalues of `αA` lie in the disc `|1 - z| < 1`: for
+    a symmetric positive definite `A` this means `0 < α < 2/λ_max(A)`. Each step
+    costs one matrix-vector product (one Hessian-vector product when `A` is a
+    Hessian). For a fixed-point condition `F(y) = T(y) - y` the Jacobian is `∂T - I`;
+    use `scale=-1.0` (or leave the default) and the series becomes `Σ (∂T)^j`.
+
+    With `steps=0` this is the identity approximation `α b`. At a fixed point of
+    gradient descent with step `α`, `steps` terms equal back-propagation through the
+    last `steps + 1` iterations.
+
+    **Arguments:**
+
+    - `steps`: number of terms of the series after the first.
+    - `scale`: `α`. `None` (default) estimates the spectral radius `ρ` of `A` with
+      `power_iterations` power iterations and uses `α = 1/λ`, with `λ` the signed
+      eigenvalue of largest magnitude, so that negative definite operators (such
+      as the Jacobian `∂T - I` of a contractive fixed-point map) converge too.
+    - `power_iterations`: power iterations used when `scale` is `None`.
+
+    The series is truncated, not iterated to a tolerance: the number of steps is
+    what the user asked for, and the relative residual `‖A v - b‖/‖b‖` is reported
+    in the stats of `bilevax.implicit.root_vjp`/`root_jvp`.
+    """
+
+    steps: int = 50
+    scale: float | None = None
+    power_iterations: int = 20
+
+    def __check_init__(self):
+        if self.steps < 0:
+            raise ValueError(f"`Neumann(steps=...)` must be >= 0, got {self.steps}.")
+        if self.scale is not None and self.scale == 0:
+            raise ValueError("`Neumann(scale=...)` must be non-zero.")
+
+    def init(self, operator: lx.AbstractLinearOperator, options: dict[str, Any]):
+        if operator.in_structure() != operator.out_structure():
+            raise ValueError(
+                "`Neumann` needs a square operator whose input and output have the "
+                f"same structure; got input {operator.in_structure()} and output "
+                f"{operator.out_structure()}."
+            )
+        return operator
+
+    def _scale(self, operator: lx.AbstractLinearOperator) -> Array:
+        if self.scale is not None:
+            return jnp.asarray(self.scale)
+        lam = _dominant_eigenvalue(operator, self.power_iterations)
+        return 1.0 / jnp.where(lam != 0, lam, 1.0)
+
+    def compute(self, state, vector: PyTree[Array], options: dict[str, Any]):
+        operator = state
+        alpha = self._scale(operator)
+
+        def body(_, carry):
+            term, total = carry
+            term = jtu.tree_map(lambda t, at: t - alpha * at, term, operator.mv(term))
+            return term, jtu.tree_map(jnp.add, total, term)
+
+        _, total = jax.lax.fori_loop(0, self.steps, body, (vector, vector))
+        solution = jtu.tree_map(lambda t: (alpha * t).astype(t.dtype), total)
+        stats = {"num_steps": jnp.array(self.steps), "scale": alpha}
+        return solution, lx.RESULTS.successful, stats
+
+    def transpose(self, state, options: dict[str, Any]):
+        return state.transpose(), options
+
+    def conj(self, state, options: dict[str, Any]):
+        return lx.conj(state), options
+
+    def assume_full_rank(self) -> bool:
+        return True
+
+
+class _Reporting(lx.AbstractLinearSolver):
+    """Wraps a lineax solver to report what it would otherwise hide.
+
+    Adds to the wrapped solver's `compute`: a failure status when the solution is
+    not finite, the relative residual `‖A v - b‖₂ / ‖b‖₂` and the number of steps in
+    the stats. Because lineax transposes a linear solve into another solve with the
+    transposed state, the checks also run on the reverse-mode (adjoint) solve.
+
+    With `mask_failures=True` every status is reported as successful (the user asked
+    for `throw=False` in a place where lineax offers no way to return a status).
+    """
+
+    solver: lx.AbstractLinearSolver
+    residual: bool = True
+    mask_failures: bool = False
+
+    def init(self, operator, options):
+        return operator, self.solver.init(operator, options)
+
+    def compute(self, state, vector, options):
+        operator, inner = state
+        solution, result, stats = self.solver.compute(inner, vector, options)
+        finite_in = tree_all_finite(vector)
+        finite_out = tree_all_finite(solution)
+        result = lx.RESULTS.where(finite_out, result, lx.RESULTS.singular)
+        result = lx.RESULTS.where(finite_in, result, lx.RESULTS.nonfinite_input)
+        if self.mask_failures:
+            result = lx.RESULTS.successful
+        out_stats = {"num_steps": jnp.asarray(stats.get("num_steps", 0))}
+        if self.residual:
+            r = jtu.tree_map(jnp.subtract, operator.mv(solution), vector)
+            b = tree_norm(vector)
+            out_stats["residual"] = tree_norm(r) / jnp.where(b > 0, b, 1)
+        return solution, result, out_stats
+
+    def transpose(self, state, options):
+        operator, inner = state
+        inner_t, options_t = self.solver.transpose(inner, options)
+        return (operator.transpose(), inner_t), options_t
+
+    def conj(self, state, options):
+        operator, inner = state
+        inner_c, options_c = self.solver.conj(inner, options)
+        return (lx.conj(operator), inner_c), options_c
+
+    def assume_full_rank(self) -> bool:
+        return self.solver.assume_full_rank()
+
+
+def default_tolerance(dtype) -> float:
+    """Default `rtol = atol` of iterative adjoint solves: 1e-10 in float64, 1e-5 in
+    float32 (about the accuracy a float32 Krylov solve reaches)."""
+    return 1e-10 if jnp.finfo(dtype).bits >= 64 else 1e-5
+
+
+def default_linear_solver(tags: frozenset, dtype, size: int) -> lx.AbstractLinearSolver:
+    """Matrix-free CG when the operator is tagged symmetric positive semidefinite
+    (the Jacobian of a gradient at a minimum, i.e. a Hessian), GMRES otherwise.
+
+    Tolerances `rtol = atol = default_tolerance(dtype)`, in lineax's elementwise
+    sense (`|r_i| <= atol + rtol |b_i|` for the residual, likewise for the last
+    step); at most `max(10 * size, 100)` steps, capped at 10,000 (non-convergence is
+    reported, not hidden).
+    """
+    tol = default_tolerance(dtype)
+    max_steps = min(max(10 * size, 100), 10_000)
+    if lx.symmetric_tag in tags and lx.positive_semidefinite_tag in tags:
+        return lx.CG(rtol=tol, atol=tol, max_steps=max_steps)
+    return lx.GMRES(rtol=tol, atol=tol, max_steps=max_steps)
+
+
+def wrap_solver(solver: lx.AbstractLinearSolver, **kwargs) -> _Reporting:
+    if isinstance(solver, _Reporting):
+        solver = solver.solver
+    if not isinstance(solver, lx.AbstractLinearSolver):
+        raise TypeError(
+            "`linear_solver` must be a lineax solver (e.g. `lineax.CG(rtol, atol)`, "
+            f"`lineax.GMRES(...)`, `bilevax.implicit.Neumann(...)`), got {solver!r}."
+        )
+    return _Reporting(solver, **kwargs)

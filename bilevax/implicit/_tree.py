@@ -1,0 +1,22 @@
+"""Small pytree helpers shared by the implicit engine."""
+
+import jax.numpy as jnp
+import jax.tree_util as jtu
+from jaxtyping import Array, PyTree
+
+
+def tree_dot(a: PyTree[Array], b: PyTree[Array]) -> Array:
+    """`Σ_leaves ⟨a, b⟩` (real inner product)."""
+    leaves = jtu.tree_leaves(jtu.tree_map(lambda x, y: jnp.vdot(x, y).real, a, b))
+    return sum(leaves[1:], leaves[0]) if leaves else jnp.zeros(())
+
+
+def tree_norm(a: PyTree[Array]) -> Array:
+    """Euclidean norm of all leaves together."""
+    return jnp.sqrt(tree_dot(a, a))
+
+
+def tree_all_finite(a: PyTree[Array]) -> Array:
+    """`True` when no leaf holds a NaN or an infinity."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jtu.tree_leaves(a)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)

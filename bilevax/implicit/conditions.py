@@ -1,0 +1,143 @@
+"""Ready-made optimality conditions `F(y, *params) = 0` for `custom_root`.
+
+Each function returns an `OptimalityCondition`: a callable `F(y, *params)` that
+carries lineax tags describing its Jacobian `∂F/∂y` (for example symmetric positive
+semidefinite for the gradient of a convex function). `custom_root` reads the tags to
+choose a default adjoint solver (CG for symmetric PSD, GMRES otherwise).
+
+Example:
+
+```python
+>>> import jax.numpy as jnp
+>>> from bilevax.implicit import conditions
+>>> f = lambda y, lam: 0.5 * jnp.sum((y - 1.0) ** 2) + 0.5 * lam * jnp.sum(y**2)
+>>> F = conditions.stationarity(f)
+>>> F(jnp.array([0.5, 0.5]), 1.0).tolist()
+[0.0, 0.0]
+
+```
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.tree_util as jtu
+import lineax as lx
+from jaxtyping import PyTree
+
+_SPD = frozenset({lx.symmetric_tag, lx.positive_semidefinite_tag})
+
+
+class OptimalityCondition(eqx.Module):
+    """A function `F(y, *params)` whose zero characterises a solution `y*(params)`.
+
+    **Attributes:**
+
+    - `fn`: the function `F(y, *params) -> pytree like y`.
+    - `tags`: lineax tags true of `∂F/∂y` at a solution (e.g.
+      `lineax.symmetric_tag`, `lineax.positive_semidefinite_tag`).
+    """
+
+    fn: Callable[..., PyTree]
+    tags: frozenset[Any] = frozenset()
+
+    def __call__(self, y, *params, **kwargs):
+        return self.fn(y, *params, **kwargs)
+
+
+def stationarity(
+    objective: Callable[..., Any], tags: frozenset[Any] = _SPD
+) -> OptimalityCondition:
+    r"""First-order condition of unconstrained minimisation: `F(y, *p) = ∇_y f(y, *p)`.
+
+    **Arguments:**
+
+    - `objective`: `f(y, *params) -> scalar`, minimised over the pytree `y`.
+    - `tags`: tags of the Jacobian `∇²_y f`. Defaults to symmetric positive
+      semidefinite, true at a local minimum; pass `frozenset({lineax.symmetric_tag})`
+      for a saddle point (then the default adjoint solver is GMRES).
+    """
+    return OptimalityCondition(jax.grad(objective), frozenset(tags))
+
+
+def _gradient_step(objective, stepsize, y, params, kwargs):
+    grad = jax.grad(objective)(y, *params, **kwargs)
+    return jtu.tree_map(lambda a, g: a - stepsize * g, y, grad)
+
+
+def prox_gradient(
+    objective: Callable[..., Any],
+    prox: Callable[[PyTree, Any, float], PyTree],
+    stepsize: float = 1.0,
+) -> OptimalityCondition:
+    r"""Fixed point of proximal gradient descent, for `min_y f(y, *args) + g(y, θ)`.
+
+    $$F(y, θ, *args) = \operatorname{prox}_{η g(\cdot, θ)}
+        \big(y - η ∇_y f(y, *args)\big) - y.$$
+
+    `F(y*) = 0` exactly at the minimisers of `f + g` for any `η > 0`.
+
+    **Arguments:**
+
+    - `objective`: the smooth part `f(y, *args) -> scalar`.
+    - `prox`: `prox(v, θ, η) -> argmin_u ½‖u - v‖² + η g(u, θ)` (the convention of
+      `jaxopt.prox`, whose operators can be passed directly).
+    - `stepsize`: `η`. Any positive value characterises the same solutions; values
+      near `1/L` (`L` the gradient's Lipschitz constant) give a better-conditioned
+      adjoint system.
+
+    The returned condition is called as `F(y, θ, *args)`: the prox parameters come
+    first, then the arguments of `f`.
+    """
+
+    def fn(y, prox_params, *args, **kwargs):
+        v = _gradient_step(objective, stepsize, y, args, kwargs)
+        return jtu.tree_map(lambda p, a: p - a, prox(v, prox_params, stepsize), y)
+
+    return OptimalityCondition(fn)
+
+
+def projected_gradient(
+    objective: Callable[..., Any],
+    projection: Callable[[PyTree, Any], PyTree],
+    stepsize: float = 1.0,
+) -> OptimalityCondition:
+    r"""Fixed point of projected gradient descent, for `min_{y ∈ C(θ)} f(y, *args)`.
+
+    $$F(y, θ, *args) = Π_{C(θ)}\big(y - η ∇_y f(y, *args)\big) - y.$$
+
+    **Arguments:**
+
+    - `objective`: `f(y, *args) -> scalar`.
+    - `projection`: `projection(v, θ) -> Π_{C(θ)}(v)`, Euclidean projection onto a
+      convex set parametrised by `θ` (e.g. a box with bounds `θ`).
+    - `stepsize`: `η > 0`.
+
+    The returned condition is called as `F(y, θ, *args)`.
+    """
+
+    def fn(y, projection_params, *args, **kwargs):
+        v = _gradient_step(objective, stepsize, y, args, kwargs)
+        return jtu.tree_map(lambda p, a: p - a, projection(v, projection_params), y)
+
+    return OptimalityCondition(fn)
+
+
+def fixed_point(map_: Callable[..., PyTree]) -> OptimalityCondition:
+    """The condition `F(y, *p) = T(y, *p) - y` of a fixed point of `T`."""
+
+    def fn(y, *params, **kwargs):
+        return jtu.tree_map(lambda t, a: t - a, map_(y, *params, **kwargs), y)
+
+    return OptimalityCondition(fn)
+
+
+__all__ = [
+    "OptimalityCondition",
+    "fixed_point",
+    "projected_gradient",
+    "prox_gradient",
+    "stationarity",
+]
