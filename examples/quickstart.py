@@ -121,7 +121,10 @@ def main():
     try:
         from tqdm import trange
     except ImportError:  # tqdm is optional
-        trange = range
+
+        def trange(n, **_):
+            return range(n)
+
     history = []
     start = time.perf_counter()
     for _ in trange(args.steps, desc="outer steps"):
