@@ -215,6 +215,8 @@ def custom_root(
     evaluated at the returned solution, with one matrix-free linear solve per
     tangent (forward mode) or cotangent (reverse mode). `jax.grad`, `jax.jvp`,
     `jax.jacfwd`, `jax.jacrev`, `jax.hessian`, `jax.vmap` and `jax.jit` all work.
+    Python floats among the parameters are treated as (differentiable) arrays;
+    other non-array parameters (ints, strings, functions) are static.
 
     **Arguments:**
 
