@@ -6,8 +6,12 @@
   (steps, residual, status) of the linear solve.
 - `conditions`: ready optimality conditions (stationarity, proximal gradient,
   projected gradient, fixed point).
-- `Neumann`: truncated Neumann-series linear solver for the adjoint system; any
-  lineax solver (CG, GMRES, BiCGStab, LU, ...) works too.
+- `CG`, `Neumann`: conjugate gradients and the truncated Neumann series as lineax
+  solvers for the adjoint system; any lineax solver (GMRES, BiCGStab, LU, ...)
+  works too.
+- `iterate`: differentiate through `T` steps of an iterative map, with
+  `UnrolledAdjoint` (checkpointed), `TruncatedAdjoint(K)` or `ImplicitAdjoint`;
+  `optax_step` turns an optax optimizer into such a map.
 """
 
 from . import conditions as conditions
@@ -18,20 +22,36 @@ from ._implicit import (
     root_jvp as root_jvp,
     root_vjp as root_vjp,
 )
+from ._iterate import (
+    AbstractIterateAdjoint as AbstractIterateAdjoint,
+    ImplicitAdjoint as ImplicitAdjoint,
+    TruncatedAdjoint as TruncatedAdjoint,
+    UnrolledAdjoint as UnrolledAdjoint,
+    iterate as iterate,
+    optax_step as optax_step,
+)
 from ._linear_solve import (
+    CG as CG,
     Neumann as Neumann,
     default_linear_solver as default_linear_solver,
     default_tolerance as default_tolerance,
 )
 
 __all__ = [
+    "AbstractIterateAdjoint",
+    "CG",
+    "ImplicitAdjoint",
     "ImplicitStats",
     "Neumann",
+    "TruncatedAdjoint",
+    "UnrolledAdjoint",
     "conditions",
     "custom_fixed_point",
     "custom_root",
     "default_linear_solver",
     "default_tolerance",
+    "iterate",
+    "optax_step",
     "root_jvp",
     "root_vjp",
 ]

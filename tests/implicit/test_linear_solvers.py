@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import lineax as lx
 import pytest
 
-from bilevax.implicit import Neumann
+from bilevax.implicit import CG, Neumann
 
 
 def _spd(n, seed=0, cond=10.0):
@@ -71,4 +71,63 @@ def test_neumann_rejects_nonsquare():
     with pytest.raises(ValueError, match="square"):
         lx.linear_solve(
             lx.MatrixLinearOperator(jnp.ones((3, 2))), jnp.ones(3), Neumann()
+        )
+
+
+def test_cg_solves_spd_system_and_reports_steps():
+    A = _spd(30, cond=100.0)
+    b = jnp.arange(30.0)
+    sol = lx.linear_solve(lx.MatrixLinearOperator(A), b, CG(rtol=1e-12))
+    assert jnp.allclose(sol.value, jnp.linalg.solve(A, b), rtol=1e-9)
+    assert sol.result == lx.RESULTS.successful
+    assert 1 <= int(sol.stats["num_steps"]) <= 60
+
+
+def test_cg_float32_operator_with_small_eigenvalues():
+    """Regression: float32, 20,000 unknowns, eigenvalues in [1e-3, 1e-2] (a weakly
+    regularised Hessian). A breakdown test scaled by n·ε would reject this system."""
+    n = 20_000
+    d = jnp.geomspace(1e-3, 1e-2, n).astype(jnp.float32)
+    op = lx.DiagonalLinearOperator(d)
+    b = jnp.ones(n, jnp.float32)
+    sol = lx.linear_solve(op, b, CG(rtol=1e-5, max_steps=1000), throw=False)
+    assert sol.result == lx.RESULTS.successful
+    assert sol.value.dtype == jnp.float32
+    assert jnp.allclose(sol.value, b / d, rtol=1e-3)
+
+
+def test_cg_reports_max_steps_and_breakdown():
+    A = _spd(30, cond=1e4)
+    b = jnp.ones(30)
+    short = lx.linear_solve(
+        lx.MatrixLinearOperator(A), b, CG(rtol=1e-14, max_steps=3), throw=False
+    )
+    assert short.result == lx.RESULTS.max_steps_reached
+    assert int(short.stats["num_steps"]) == 3
+    indefinite = jnp.diag(jnp.array([1.0, -1.0, 2.0]))
+    broken = lx.linear_solve(
+        lx.MatrixLinearOperator(indefinite), jnp.ones(3), CG(rtol=1e-10), throw=False
+    )
+    assert broken.result == lx.RESULTS.breakdown
+    zero = lx.linear_solve(lx.MatrixLinearOperator(A), jnp.zeros(30), CG(rtol=1e-10))
+    assert jnp.all(zero.value == 0) and int(zero.stats["num_steps"]) == 0
+
+
+def test_cg_under_vmap_and_reverse_mode():
+    A = _spd(10, seed=3)
+    solve = lambda b: (
+        lx.linear_solve(lx.MatrixLinearOperator(A), b, CG(rtol=1e-12)).value
+    )
+    bs = jax.random.normal(jax.random.key(0), (4, 10))
+    assert jnp.allclose(jax.vmap(solve)(bs), jnp.linalg.solve(A, bs.T).T, rtol=1e-8)
+    grad = jax.grad(lambda b: solve(b) @ jnp.arange(10.0))(bs[0])
+    assert jnp.allclose(grad, jnp.linalg.solve(A, jnp.arange(10.0)), rtol=1e-8)
+
+
+def test_cg_bad_arguments():
+    with pytest.raises(ValueError, match="non-negative"):
+        CG(rtol=-1.0)
+    with pytest.raises(ValueError, match="square"):
+        lx.linear_solve(
+            lx.MatrixLinearOperator(jnp.ones((3, 2))), jnp.ones(3), CG(1e-6)
         )

@@ -1,0 +1,258 @@
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
+
+from bilevax.implicit import (
+    ImplicitAdjoint,
+    TruncatedAdjoint,
+    UnrolledAdjoint,
+    conditions,
+    iterate,
+    optax_step,
+)
+
+from ._problems import Ridge
+
+
+def _rel(a, b):
+    a, b = jnp.ravel(jnp.asarray(a)), jnp.ravel(jnp.asarray(b))
+    return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
+
+
+X = jnp.linspace(-1.0, 1.0, 8)
+PROBLEM = Ridge()
+STEPSIZE = float(1.0 / jnp.linalg.eigvalsh(PROBLEM.system(X + 1.0))[-1])
+
+
+def _gd(w, x, t):
+    return w - STEPSIZE * jax.grad(PROBLEM.inner)(w, x)
+
+
+def _plain_loop(x, num_steps, step=_gd, y0=None):
+    y0 = jnp.zeros(8) if y0 is None else y0
+    return jax.lax.fori_loop(0, num_steps, lambda t, w: step(w, x, t), y0)
+
+
+def _outer_through(adjoint, num_steps=200, step=_gd):
+    return lambda x: PROBLEM.outer(
+        iterate(step, jnp.zeros(8), x, num_steps, adjoint=adjoint)
+    )
+
+
+@pytest.mark.parametrize(
+    "adjoint",
+    [UnrolledAdjoint(), UnrolledAdjoint(checkpoints=7), UnrolledAdjoint("all")],
+    ids=["default-checkpoints", "7-checkpoints", "all"],
+)
+def test_unrolled_equals_plain_jax_gradient(adjoint):
+    want = jax.grad(lambda x: PROBLEM.outer(_plain_loop(x, 200)))(X)
+    got = jax.jit(jax.grad(_outer_through(adjoint)))(X)
+    assert _rel(got, want) <= 1e-10
+
+
+def test_unrolled_adam_equals_plain_jax_gradient():
+    optimizer = optax.adam(0.05)
+    step = optax_step(PROBLEM.inner, optimizer)
+
+    def plain(x):
+        def body(t, state):
+            params, opt_state = state
+            grads = jax.grad(PROBLEM.inner)(params, x)
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state
+
+        state = (jnp.zeros(8), optimizer.init(jnp.zeros(8)))
+        return PROBLEM.outer(jax.lax.fori_loop(0, 200, body, state)[0])
+
+    def ours(x):
+        state = (jnp.zeros(8), optimizer.init(jnp.zeros(8)))
+        params, _ = iterate(step, state, x, 200, adjoint=UnrolledAdjoint())
+        return PROBLEM.outer(params)
+
+    want = jax.grad(plain)(X)
+    assert jnp.linalg.norm(want) > 1e-3
+    assert _rel(jax.jit(jax.grad(ours))(X), want) <= 1e-10
+
+
+def test_truncated_with_K_equal_T_is_unrolled():
+    full = jax.grad(_outer_through(UnrolledAdjoint()))(X)
+    for K in [200, 500]:
+        assert _rel(jax.grad(_outer_through(TruncatedAdjoint(K)))(X), full) <= 1e-12
+
+
+def test_truncated_bias_obeys_the_geometric_bound():
+    r"""Strongly convex quadratic inner problem g(w, x) = ½wᵀHw - wᵀBx, GD step
+    γ = 1/β: ‖h_K - h*‖ <= (1-γα)^K ‖∇_w f(w_T)‖ ‖B‖/α (+ the unrolling error)."""
+    key1, key2, key3 = jax.random.split(jax.random.key(7), 3)
+    n, m = 10, 4
+    Q, _ = jnp.linalg.qr(jax.random.normal(key1, (n, n)))
+    eigs = jnp.geomspace(0.2, 2.0, n)
+    H = Q @ jnp.diag(eigs) @ Q.T
+    B = jax.random.normal(key2, (n, m))
+    c = jax.random.normal(key3, (n,))
+    alpha, beta = float(eigs[0]), float(eigs[-1])
+    gamma = 1.0 / beta
+    g = lambda w, x: 0.5 * w @ H @ w - w @ (B @ x)
+    f = lambda w: 0.5 * jnp.sum((w - c) ** 2)
+    step = lambda w, x, t: w - gamma * jax.grad(g)(w, x)
+    x = jnp.ones(m)
+    T = 400  # long enough that w_T is the solution to round-off
+    w_star = jnp.linalg.solve(H, B @ x)
+    exact = B.T @ jnp.linalg.solve(H, w_star - c)  # implicit hypergradient
+    w_T = iterate(step, jnp.zeros(n), x, T)
+    constant = float(jnp.linalg.norm(jax.grad(f)(w_T)) * jnp.linalg.norm(B, 2) / alpha)
+    errors, bounds = [], []
+    for K in [0, 2, 5, 10, 20, 40, 80]:
+        adjoint = TruncatedAdjoint(K)
+        h_K = jax.grad(
+            lambda x, adjoint=adjoint: f(
+                iterate(step, jnp.zeros(n), x, T, adjoint=adjoint)
+            )
+        )(x)
+        errors.append(float(jnp.linalg.norm(h_K - exact)))
+        bounds.append((1 - gamma * alpha) ** K * constant)
+    assert all(e <= b * (1 + 1e-9) + 1e-12 for e, b in zip(errors, bounds, strict=True))
+    assert errors[0] > 0.1 * bounds[0]  # the bound is not vacuous here
+    # Geometric decay at the rate of the bound, not just monotone.
+    assert errors[-1] < 1e-3 * errors[0]
+    assert errors[-1] <= errors[0] * (1 - gamma * alpha) ** 80 * 10
+
+
+def test_unrolled_converges_to_implicit_as_T_grows():
+    exact = PROBLEM.hypergradient(X)
+    errors = [
+        _rel(jax.grad(_outer_through(UnrolledAdjoint(), T))(X), exact)
+        for T in [5, 10, 20, 40, 80, 160, 640]
+    ]
+    # Strictly decreasing until round-off.
+    assert all(b < a for a, b in zip(errors, errors[1:], strict=False) if a > 1e-13), (
+        errors
+    )
+    assert errors[0] > 1e-2
+    assert errors[-1] < 1e-8
+
+
+def test_implicit_adjoint_matches_closed_form():
+    exact = PROBLEM.hypergradient(X)
+    for adjoint in [
+        ImplicitAdjoint(),
+        ImplicitAdjoint(condition=conditions.stationarity(PROBLEM.inner)),
+    ]:
+        got = jax.jit(jax.grad(_outer_through(adjoint, 3000)))(X)
+        assert _rel(got, exact) < 1e-8
+
+
+@pytest.mark.parametrize(
+    "adjoint",
+    [UnrolledAdjoint(), TruncatedAdjoint(50), ImplicitAdjoint()],
+    ids=["unrolled", "truncated", "implicit"],
+)
+def test_adjoints_vmap_over_hyperparameters_and_pytree_states(adjoint):
+    def step(state, x, t):
+        w = jnp.concatenate([state["a"], state["b"]])
+        w = _gd(w, x, t)
+        return {"a": w[:3], "b": w[3:]}
+
+    def outer(x):
+        state = iterate(
+            step, {"a": jnp.zeros(3), "b": jnp.zeros(5)}, x, 300, adjoint=adjoint
+        )
+        return PROBLEM.outer(jnp.concatenate([state["a"], state["b"]]))
+
+    xs = jnp.stack([X, X + 0.5, X - 0.5])
+    vmapped = jax.jit(jax.vmap(jax.grad(outer)))(xs)
+    looped = jnp.stack([jax.grad(outer)(x) for x in xs])
+    assert jnp.allclose(vmapped, looped, rtol=1e-9, atol=1e-12)
+    assert vmapped.shape == (3, 8)
+
+
+def test_batches_key_and_records():
+    data = jax.random.normal(jax.random.key(0), (20, 8))
+
+    def step(w, x, t, batch, key):
+        noise = 0.01 * jax.random.normal(key, w.shape)
+        return w - 0.1 * (w - batch * jnp.exp(x)) + noise
+
+    key = jax.random.key(3)
+    y, losses = iterate(
+        step,
+        jnp.zeros(8),
+        X,
+        20,
+        batches=data,
+        key=key,
+        record=lambda w, x, t: jnp.sum(w**2) + t,
+    )
+    keys = jax.random.split(key, 20)
+    w = jnp.zeros(8)
+    expected = []
+    for t in range(20):
+        w = step(w, X, t, data[t], keys[t])
+        expected.append(jnp.sum(w**2) + t)
+    assert jnp.allclose(y, w, rtol=1e-12)
+    assert jnp.allclose(losses, jnp.stack(expected), rtol=1e-12)
+    # Gradients flow through batched steps too.
+    grad = jax.grad(
+        lambda x: iterate(step, jnp.zeros(8), x, 20, batches=data, key=key).sum()
+    )(X)
+    assert jnp.all(jnp.isfinite(grad))
+
+
+def test_warm_and_cold_start_give_different_hypergradients():
+    """Underdetermined least squares min_w ½‖Aw - x‖² (A is 3×8) has a whole affine
+    space of solutions; gradient descent from y0 ends at the one nearest y0:
+    w∞ = (I - A⁺A) y0 + A⁺x. The hypergradient of f(w) = ½(w - c)ᵀD(w - c) is
+    A⁺ᵀD(w∞ - c), so with a non-isotropic D it depends on the start."""
+    A = jax.random.normal(jax.random.key(0), (3, 8))
+    c = jnp.arange(8.0)
+    x = jnp.array([1.0, -1.0, 2.0])
+    gamma = 1.0 / jnp.linalg.eigvalsh(A @ A.T)[-1]
+    step = lambda w, x, t: w - gamma * A.T @ (A @ w - x)
+    D = jnp.arange(1.0, 9.0)
+    f = lambda w: 0.5 * jnp.sum(D * (w - c) ** 2)
+    pinv = jnp.linalg.pinv(A)
+
+    def hypergradient(y0):
+        return jax.grad(lambda x: f(iterate(step, y0, x, 2000)))(x)
+
+    def closed_form(y0):
+        w_inf = (jnp.eye(8) - pinv @ A) @ y0 + pinv @ x
+        return pinv.T @ (D * (w_inf - c))
+
+    cold = jnp.zeros(8)
+    warm = jax.lax.stop_gradient(jnp.linspace(-2.0, 2.0, 8))  # a previous solution
+    assert jnp.allclose(hypergradient(cold), closed_form(cold), rtol=1e-8)
+    assert jnp.allclose(hypergradient(warm), closed_form(warm), rtol=1e-8)
+    assert _rel(hypergradient(cold), hypergradient(warm)) > 0.05
+
+
+def test_cotangent_clipping():
+    full = jax.grad(_outer_through(UnrolledAdjoint()))(X)
+    loose = jax.grad(_outer_through(UnrolledAdjoint(max_cotangent_norm=1e6)))(X)
+    assert _rel(loose, full) < 1e-12
+    tight = jax.grad(_outer_through(UnrolledAdjoint(max_cotangent_norm=1e-3)))(X)
+    assert jnp.linalg.norm(tight) < 0.1 * jnp.linalg.norm(full)
+
+
+def test_bad_inputs():
+    with pytest.raises(
+        ValueError, match=r"(?s)structure, shapes and dtypes.*float64\[3\]"
+    ):
+        iterate(lambda w, x, t: w[:3], jnp.zeros(8), X, 5)
+    with pytest.raises(TypeError, match="Python int"):
+        iterate(_gd, jnp.zeros(8), X, jnp.array(5))
+    with pytest.raises(ValueError, match=">= 0"):
+        iterate(_gd, jnp.zeros(8), X, -1)
+    with pytest.raises(ValueError, match="leading axis"):
+        iterate(lambda w, x, t, b: w, jnp.zeros(8), X, 5, batches=jnp.zeros((4, 2)))
+    with pytest.raises(TypeError, match="adjoint"):
+        iterate(_gd, jnp.zeros(8), X, 5, adjoint="unrolled")
+    with pytest.raises(ValueError, match="K"):
+        TruncatedAdjoint(-1)
+    optimizer = optax.adam(0.1)
+    with pytest.raises(TypeError, match="floating point"):
+        state = (jnp.zeros(8), optimizer.init(jnp.zeros(8)))
+        iterate(
+            optax_step(PROBLEM.inner, optimizer), state, X, 5, adjoint=ImplicitAdjoint()
+        )
