@@ -28,7 +28,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import lineax as lx
 
 import bilevax as bx
 
@@ -68,7 +67,7 @@ def hypergradient_fn(adjoint, num_steps, batch_size, num_classes):
             condition = bx.implicit.conditions.stationarity(
                 lambda W, hyper: train_loss(W, hyper, X, y)
             )
-            cg = lx.CG(rtol=1e-4, atol=1e-4, max_steps=200)
+            cg = bx.implicit.CG(rtol=1e-4, max_steps=200)
             adjoint_ = bx.implicit.ImplicitAdjoint(cg, condition=condition)
         else:
             adjoint_ = adjoint

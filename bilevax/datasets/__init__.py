@@ -5,6 +5,6 @@ parts. Data are read from packages installed on the machine (scikit-learn's bund
 datasets); a missing package gives an error that says how to install it.
 """
 
-from ._sklearn import Split as Split, breast_cancer as breast_cancer
+from ._sklearn import Split as Split, breast_cancer as breast_cancer, digits as digits
 
-__all__ = ["Split", "breast_cancer"]
+__all__ = ["Split", "breast_cancer", "digits"]

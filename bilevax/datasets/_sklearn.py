@@ -64,3 +64,19 @@ def breast_cancer(
     return _split_standardise(
         np.asarray(data.data, np.float64), np.asarray(data.target), sizes, seed, dtype
     )
+
+
+def digits(sizes: tuple[int, int] = (1000, 400), seed: int = 0, dtype=None) -> Split:
+    """scikit-learn's handwritten digits (1797 images of 8×8 pixels flattened to 64
+    features, labels 0-9).
+
+    Shuffled with `seed`, split into `sizes = (train, validation)` and the rest as
+    test, features standardised with the training mean and deviation (constant
+    pixels are left at zero).
+
+    **Arguments:** as `breast_cancer`.
+    """
+    data = _sklearn_datasets().load_digits()
+    return _split_standardise(
+        np.asarray(data.data, np.float64), np.asarray(data.target), sizes, seed, dtype
+    )

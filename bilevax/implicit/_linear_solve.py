@@ -152,7 +152,8 @@ class CG(lx.AbstractLinearSolver):
     max_steps: int | None = None
 
     def __check_init__(self):
-        if self.rtol < 0 or self.atol < 0:
+        tols = [t for t in (self.rtol, self.atol) if isinstance(t, int | float)]
+        if any(t < 0 for t in tols):  # traced tolerances (schedules) are unchecked
             raise ValueError("`CG` tolerances must be non-negative.")
         if self.max_steps is not None and self.max_steps < 0:
             raise ValueError("`CG(max_steps=...)` must be >= 0.")

@@ -20,3 +20,12 @@ def test_breast_cancer_split_is_standardised_and_disjoint():
 def test_breast_cancer_bad_sizes():
     with pytest.raises(ValueError, match="leave a test set"):
         breast_cancer(sizes=(400, 169))
+
+
+def test_digits_split():
+    from bilevax.datasets import digits
+
+    data = digits(sizes=(1000, 400), seed=0)
+    assert data.train[0].shape == (1000, 64) and data.test[0].shape == (397, 64)
+    assert set(jnp.unique(data.train[1]).tolist()) == set(range(10))
+    assert jnp.all(jnp.isfinite(data.train[0]))
