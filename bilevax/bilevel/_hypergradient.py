@@ -1,0 +1,142 @@
+r"""The hypergradient `dF/dx` of `F(x) = f(x, y*(x))`, by any adjoint.
+
+- `ImplicitAdjoint`: solve the inner problem to a tolerance, then
+  `dF/dx = ∇_x f - ∇²_{xy} g · q` with `∇²_{yy} g · q = ∇_y f` (one linear solve,
+  CG by default since `∇²_{yy} g` is symmetric);
+- `UnrolledAdjoint` / `TruncatedAdjoint(K)`: back-propagate through the
+  `inner_solver.num_steps` iterations of the inner solver (all, or the last `K`).
+"""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import lineax as lx
+from jaxtyping import Array, PyTree
+
+from ..implicit import ImplicitAdjoint, conditions, iterate, root_vjp
+from ..implicit._iterate import AbstractIterateAdjoint
+from ..implicit._linear_solve import CG, default_tolerance
+from ..implicit._tree import tree_norm
+from ._inner import AbstractInnerSolver, GradientDescent
+from ._problem import BilevelProblem, as_data, check_problem
+
+
+class HypergradientStats(eqx.Module):
+    """Diagnostics of one hypergradient.
+
+    - `inner_steps`: iterations of the inner solver.
+    - `inner_residual`: `‖∇_y g(x, y)‖` at the returned `y`.
+    - `linear_steps`, `linear_residual`: of the adjoint solve (implicit only; zero
+      otherwise).
+    - `linear_result`: lineax status of the adjoint solve (`successful` when there
+      is none).
+    """
+
+    inner_steps: Array
+    inner_residual: Array
+    linear_steps: Array
+    linear_residual: Array
+    linear_result: lx.RESULTS
+
+
+def _default_linear_solver(x, tol=None):
+    dtype = jnp.result_type(*jtu.tree_leaves(x))
+    rtol = default_tolerance(dtype) if tol is None else tol
+    return CG(rtol=rtol, atol=0.0)
+
+
+def hypergradient(
+    problem: BilevelProblem,
+    x: PyTree[Array],
+    y0: PyTree[Array],
+    inner_solver: AbstractInnerSolver = GradientDescent(),  # noqa: B008 (immutable)
+    adjoint: AbstractIterateAdjoint = ImplicitAdjoint(),  # noqa: B008 (immutable)
+    data=None,
+    *,
+    tol: float | Array | None = None,
+):
+    r"""Solve the inner problem at `x` and return `(F(x), dF/dx, y, stats)`.
+
+    **Arguments:**
+
+    - `problem`: a `BilevelProblem`.
+    - `x`: outer variables; `y0`: start of the inner solver (warm or cold start is
+      the caller's choice).
+    - `inner_solver`: `GradientDescent(...)` (default) or `LBFGS(...)` (implicit
+      only).
+    - `adjoint`: `ImplicitAdjoint(linear_solver)` (default; `linear_solver=None`
+      means conjugate gradients), `UnrolledAdjoint(...)` or `TruncatedAdjoint(K)`.
+      `ImplicitAdjoint.condition` is ignored: the condition is `∇_y g = 0`.
+    - `data`: `(inner_data, outer_data)` (used whole: take minibatches with
+      `sample_batch` before calling for a stochastic hypergradient), or `None`.
+    - `tol`: implicit only: inner solve to `‖∇_y g‖ <= tol` and adjoint CG to
+      relative residual `tol` (default: 1e-10 in float64, 1e-5 in float32).
+
+    **Returns:** `(value, grad, y, stats)`: the outer loss at `(x, y)`, the
+    hypergradient (a pytree like `x`), the inner solution and `HypergradientStats`.
+    """
+    data = as_data(data)
+    check_problem(problem, x, y0, data)
+    g = lambda x_, y_: problem.inner(x_, y_, data.inner)
+    f = lambda x_, y_: problem.outer(x_, y_, data.outer)
+    grad_y_g = jax.grad(g, argnums=1)
+    zero = jnp.array(0)
+    zero_f = jnp.zeros((), jnp.result_type(*jtu.tree_leaves(x)))
+
+    if isinstance(adjoint, ImplicitAdjoint):
+        dtype = jnp.result_type(*jtu.tree_leaves(y0))
+        tol = default_tolerance(dtype) if tol is None else tol
+        y, inner_steps = inner_solver.solve(
+            g, jax.lax.stop_gradient(y0), jax.lax.stop_gradient(x), tol
+        )
+        y = jax.lax.stop_gradient(y)
+        value, (grad_x, grad_y) = jax.value_and_grad(f, argnums=(0, 1))(x, y)
+        linear_solver = adjoint.linear_solver
+        if linear_solver is None:
+            linear_solver = _default_linear_solver(x, tol)
+        condition = conditions.stationarity(lambda y_, x_: g(x_, y_))
+        (ct_x,), istats = root_vjp(
+            condition,
+            y,
+            (x,),
+            grad_y,
+            linear_solver=linear_solver,
+            tags=condition.tags,
+            throw=False,
+        )
+        grad = jtu.tree_map(jnp.add, grad_x, ct_x)
+        stats = HypergradientStats(
+            inner_steps,
+            tree_norm(grad_y_g(x, y)),
+            istats.num_steps,
+            istats.residual,
+            istats.result,
+        )
+        return value, grad, y, stats
+
+    if not isinstance(adjoint, AbstractIterateAdjoint):
+        raise TypeError(
+            "`adjoint` must be ImplicitAdjoint, UnrolledAdjoint or TruncatedAdjoint; "
+            f"got {adjoint!r}."
+        )
+    eta = None
+    if isinstance(inner_solver, GradientDescent):
+        eta = inner_solver._eta(g, jax.lax.stop_gradient(y0), jax.lax.stop_gradient(x))
+        step = lambda y_, x_, t: inner_solver.step(g, y_, x_, t, eta)
+    else:
+        step = lambda y_, x_, t: inner_solver.step(g, y_, x_, t)
+
+    def outer_of_x(x_):
+        y_ = iterate(step, y0, x_, inner_solver.num_steps, adjoint=adjoint)
+        return f(x_, y_), y_
+
+    (value, y), grad = jax.value_and_grad(outer_of_x, has_aux=True)(x)
+    stats = HypergradientStats(
+        jnp.array(inner_solver.num_steps),
+        tree_norm(grad_y_g(x, y)),
+        zero,
+        zero_f,
+        lx.RESULTS.successful,
+    )
+    return value, grad, y, stats

@@ -1,0 +1,278 @@
+r"""Fully first-order bilevel methods built on the value-function penalty.
+
+With `g*(x) = min_z g(x, z)` and `L_λ(x, y) = f(x, y) + λ (g(x, y) - g*(x))`,
+the function `L*_λ(x) = min_y L_λ(x, y)` has gradient
+
+    ∇L*_λ(x) = ∇_x f(x, y_λ) + λ (∇_x g(x, y_λ) - ∇_x g(x, z*)),
+
+`y_λ = argmin_y L_λ(x, ·)`, `z* = argmin_z g(x, ·)`, and `‖∇L*_λ - ∇F‖ = O(1/λ)`.
+Only gradients of `f` and `g` are needed. Each outer step runs a few gradient
+steps on `z` (for `g`) and on `y` (for `f + λ g`) from their previous values, then
+a step on `x` along the estimate above (independent minibatches for every
+gradient in the stochastic form).
+
+- `F2SA` (Kwon, Kwon, Wright, Nowak, ICML 2023): `λ_k → ∞` on a schedule, with
+  decaying step sizes whose exponents depend on where the noise is.
+- `PenaltyMethod` (Kwon et al., ICLR 2024; V-PBGD of Shen & Chen, ICML 2023): the
+  penalty `λ = γ` ramps up to a fixed `γ_max` (`σ = 1/γ_max`), constant steps,
+  optional projection of `x`.
+"""
+
+from collections.abc import Callable
+from typing import Literal
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import optax
+from jaxtyping import Array, PyTree
+
+from ..implicit._tree import tree_norm
+from ._inner import smoothness
+from ._problem import BilevelData, sample_batch
+from ._run import AbstractBilevelAlgorithm, StepInfo
+
+
+class _PenaltyState(eqx.Module):
+    x: PyTree[Array]
+    y: PyTree[Array]  # tracks y_λ = argmin f + λ g
+    z: PyTree[Array]  # tracks z* = argmin g
+    lip_f: Array  # smoothness of f in y
+    lip_g: Array  # smoothness of g in y
+    opt_state: PyTree  # of the optional optax optimizer of x
+    k: Array
+
+
+def _init_state(problem, x0, y0, data: BilevelData, optimizer) -> _PenaltyState:
+    lip_f = smoothness(lambda y: problem.outer(x0, y, data.outer), y0)
+    lip_g = smoothness(lambda y: problem.inner(x0, y, data.inner), y0)
+    opt_state = None if optimizer is None else optimizer.init(x0)
+    return _PenaltyState(x0, y0, y0, lip_f, lip_g, opt_state, jnp.array(0))
+
+
+def _axpy(a, x, y):
+    """`y + a·x` on pytrees."""
+    return jtu.tree_map(lambda u, v: v + a * u, x, y)
+
+
+def _penalty_step(
+    problem,
+    state: _PenaltyState,
+    data: BilevelData,
+    key: Array,
+    *,
+    lam: Array,
+    eta_y: Array,
+    eta_z: Array,
+    eta_x: Array,
+    y_steps: int,
+    z_steps: int,
+    batch_size: int | None,
+    project: Callable | None,
+    optimizer: optax.GradientTransformation | None,
+):
+    """One outer step of the value-function penalty method (see module docs)."""
+    x = state.x
+    grad_f = jax.grad(problem.outer, argnums=(0, 1))
+    grad_g = jax.grad(problem.inner, argnums=(0, 1))
+    inner = lambda k: sample_batch(data.inner, k, batch_size)
+    outer = lambda k: sample_batch(data.outer, k, batch_size)
+    key_z, key_y, key_x = jax.random.split(key, 3)
+
+    def z_body(z, k):
+        return _axpy(-eta_z, grad_g(x, z, inner(k))[1], z), None
+
+    def y_body(y, k):
+        k1, k2 = jax.random.split(k)
+        d = _axpy(lam, grad_g(x, y, inner(k2))[1], grad_f(x, y, outer(k1))[1])
+        return _axpy(-eta_y, d, y), None
+
+    z, _ = jax.lax.scan(z_body, state.z, jax.random.split(key_z, z_steps))
+    y, _ = jax.lax.scan(y_body, state.y, jax.random.split(key_y, y_steps))
+    k1, k2, k3 = jax.random.split(key_x, 3)
+    gx_y = grad_g(x, y, inner(k2))[0]
+    gx_z = grad_g(x, z, inner(k3))[0]
+    d = jtu.tree_map(
+        lambda a, b, c: a + lam * (b - c), grad_f(x, y, outer(k1))[0], gx_y, gx_z
+    )
+    opt_state = state.opt_state
+    if optimizer is None:
+        x = _axpy(-eta_x, d, x)
+    else:
+        updates, opt_state = optimizer.update(d, opt_state, x)
+        x = optax.apply_updates(x, updates)
+    x = x if project is None else project(x)
+    dtype = jnp.result_type(*jtu.tree_leaves(x))
+    residual = tree_norm(grad_g(state.x, z, inner(k3))[1])
+    info = StepInfo(tree_norm(d).astype(dtype), residual.astype(dtype))
+    new = _PenaltyState(x, y, z, state.lip_f, state.lip_g, opt_state, state.k + 1)
+    return new, info
+
+
+_F2SA_EXPONENTS = {
+    # noise: (x/y step decay a, z step decay c); λ grows like k^(a-c).
+    "both": (5 / 7, 4 / 7),
+    "outer": (3 / 5, 2 / 5),
+    "none": (1 / 3, 0.0),
+}
+
+
+class F2SA(AbstractBilevelAlgorithm):
+    r"""F2SA (Kwon, Kwon, Wright, Nowak, ICML 2023): fully first-order stochastic
+    bilevel optimisation.
+
+    Outer step `k` (state `x, y, z, λ`):
+
+    1. `inner_steps` times: `z ← z - γ_k ∇_y g(x, z)`,
+       `y ← y - α_k (∇_y f(x, y) + λ_k ∇_y g(x, y))`;
+    2. `x ← x - β_k [∇_x f(x, y) + λ_k (∇_x g(x, y) - ∇_x g(x, z))]`;
+
+    with fresh minibatches for every gradient. Schedules (`k` from 0):
+
+    - `λ_k = lambda0 + lambda_growth · k^p`,
+    - `γ_k = lr_inner (k+1)^(-c) / ℓ_g`, `α_k = lr_inner (k+1)^(-c) / (ℓ_f + λ_k ℓ_g)`
+      (so `α_k λ_k ≈ γ_k`, and `α_k (ℓ_f + λ_k ℓ_g) < 1`: the `y` update cannot
+      diverge as `λ` grows),
+    - `β_k = lr_outer (k+1)^(-a)`,
+
+    where `ℓ_f`, `ℓ_g` are the smoothness constants of `f`, `g` in `y`, estimated at
+    the start by power iteration. `noise` picks the exponents of the paper: `"both"`
+    (stochastic levels) `a, c = 5/7, 4/7`, `"outer"` `3/5, 2/5`, `"none"` `1/3, 0`,
+    and `p = a - c`; each can be overridden.
+
+    **Arguments:**
+
+    - `lr_outer` (default 0.1), `lr_inner` (fraction of `1/ℓ`, default 0.5),
+      `inner_steps` (default 10).
+    - `lambda0` (default 1), `lambda_growth` (default 1).
+    - `noise`, and optional overrides `outer_decay` (`a`), `inner_decay` (`c`),
+      `lambda_power` (`p`).
+    - `batch_size`: minibatch size of every gradient (`None`: whole data).
+    - `optimizer`: optional optax transformation for the `x` update, fed the
+      direction above (replaces the `β_k` step; e.g. `optax.adam(0.1)` when the
+      scales of `x`'s coordinates differ).
+
+    `result.y` is `z`, the estimate of the inner solution `y*(x)`; the penalised
+    iterate `y_λ` is in `result.state.y`.
+    """
+
+    lr_outer: float = 0.1
+    lr_inner: float = 0.5
+    inner_steps: int = 10
+    lambda0: float = 1.0
+    lambda_growth: float = 1.0
+    noise: Literal["both", "outer", "none"] = "both"
+    outer_decay: float | None = None
+    inner_decay: float | None = None
+    lambda_power: float | None = None
+    batch_size: int | None = None
+    optimizer: optax.GradientTransformation | None = None
+
+    def __check_init__(self):
+        if self.noise not in _F2SA_EXPONENTS:
+            raise ValueError(
+                f"`noise` must be one of {sorted(_F2SA_EXPONENTS)}, got {self.noise!r}."
+            )
+
+    def _exponents(self):
+        a, c = _F2SA_EXPONENTS[self.noise]
+        a = a if self.outer_decay is None else self.outer_decay
+        c = c if self.inner_decay is None else self.inner_decay
+        p = a - c if self.lambda_power is None else self.lambda_power
+        return a, c, p
+
+    def init(self, problem, x0, y0, data, key):
+        return _init_state(problem, x0, y0, data, self.optimizer)
+
+    def iterates(self, state):
+        return state.x, state.z
+
+    def step(self, problem, state, data, key):
+        a, c, p = self._exponents()
+        dtype = jnp.result_type(*jtu.tree_leaves(state.x))
+        k = state.k.astype(dtype)
+        lam = self.lambda0 + self.lambda_growth * k**p
+        inner_rate = self.lr_inner * (k + 1) ** (-c)
+        return _penalty_step(
+            problem,
+            state,
+            data,
+            key,
+            lam=lam,
+            eta_y=inner_rate / (state.lip_f + lam * state.lip_g),
+            eta_z=inner_rate / state.lip_g,
+            eta_x=self.lr_outer * (k + 1) ** (-a),
+            y_steps=self.inner_steps,
+            z_steps=self.inner_steps,
+            batch_size=self.batch_size,
+            project=None,
+            optimizer=self.optimizer,
+        )
+
+
+class PenaltyMethod(AbstractBilevelAlgorithm):
+    r"""Value-function penalty method with a growing, then fixed, penalty
+    (Kwon et al., ICLR 2024; V-PBGD of Shen & Chen, ICML 2023).
+
+    Minimises `ψ_σ(x) = min_y [f(x, y) + γ (g(x, y) - g*(x))]` with `γ = 1/σ`
+    ramped linearly from `gamma0` to `gamma_max` over `ramp_steps` outer steps,
+    then held (`|ψ_σ - ψ| = O(σ)`). Outer step: `z_steps` gradient steps on `g` for
+    `z` (step `lr_inner/ℓ_g`), `y_steps` steps on `f + γ g` for `y` (step
+    `lr_inner/(ℓ_f + γ ℓ_g)`), then
+    `x ← Proj(x - lr_outer [∇_x f(x, y) + γ (∇_x g(x, y) - ∇_x g(x, z))])`.
+    `y_steps=1` is V-PBGD's single joint step on `y`.
+
+    **Arguments:**
+
+    - `gamma_max` (default 100), `gamma0` (default 1), `ramp_steps` (default 100).
+    - `lr_outer` (default 0.1), `lr_inner` (fraction of `1/ℓ`, default 0.5).
+    - `y_steps`, `z_steps` (default 10 each).
+    - `batch_size`: minibatch size (`None`: whole data).
+    - `project`: optional projection of `x` onto a convex set.
+    - `optimizer`: optional optax transformation for the `x` update (replaces the
+      constant step `lr_outer`).
+
+    Stochastic form: the `x` direction multiplies the noise of `y` and `z` by `γ`,
+    so with constant steps the neighbourhood reached grows with `gamma_max`; use
+    larger batches or a smaller `lr_inner` when raising it.
+
+    `result.y` is `z`, the estimate of `y*(x)`; `y_σ` is in `result.state.y`.
+    """
+
+    gamma_max: float = 100.0
+    gamma0: float = 1.0
+    ramp_steps: int = 100
+    lr_outer: float = 0.1
+    lr_inner: float = 0.5
+    y_steps: int = 10
+    z_steps: int = 10
+    batch_size: int | None = None
+    project: Callable | None = None
+    optimizer: optax.GradientTransformation | None = None
+
+    def init(self, problem, x0, y0, data, key):
+        return _init_state(problem, x0, y0, data, self.optimizer)
+
+    def iterates(self, state):
+        return state.x, state.z
+
+    def step(self, problem, state, data, key):
+        dtype = jnp.result_type(*jtu.tree_leaves(state.x))
+        ramp = jnp.minimum(state.k.astype(dtype) / max(self.ramp_steps, 1), 1.0)
+        gamma = self.gamma0 + (self.gamma_max - self.gamma0) * ramp
+        return _penalty_step(
+            problem,
+            state,
+            data,
+            key,
+            lam=gamma,
+            eta_y=self.lr_inner / (state.lip_f + gamma * state.lip_g),
+            eta_z=self.lr_inner / state.lip_g,
+            eta_x=self.lr_outer,
+            y_steps=self.y_steps,
+            z_steps=self.z_steps,
+            batch_size=self.batch_size,
+            project=self.project,
+            optimizer=self.optimizer,
+        )

@@ -1,0 +1,130 @@
+r"""The bilevel problem and the data it is evaluated on.
+
+    min_x  F(x) = f(x, y*(x), outer data)
+    s.t.   y*(x) = argmin_y g(x, y, inner data)
+
+Data are held as arrays (any pytree whose leaves share a leading sample axis) and
+minibatches are drawn inside `jit` by `sample_batch`.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+from jaxtyping import Array, PyTree
+
+from ..implicit._implicit import _describe
+
+
+class BilevelProblem(eqx.Module):
+    r"""A bilevel problem `min_x f(x, y*(x))`, `y*(x) = argmin_y g(x, y)`.
+
+    **Attributes:**
+
+    - `outer`: `f(x, y, batch) -> scalar`, the upper-level (e.g. validation) loss.
+    - `inner`: `g(x, y, batch) -> scalar`, the lower-level (e.g. training) loss,
+      minimised over `y`.
+    - `inner_constraints`: optional `c(x, y) -> array`, constraints `c <= 0` of the
+      lower level (used by constrained-lower-level algorithms).
+
+    `x` and `y` may be any pytrees of floating-point arrays. `batch` is a minibatch
+    (or the whole) of the corresponding level's data, `None` when the level has no
+    data. Algorithms take the data as `data=(inner_data, outer_data)`.
+    """
+
+    outer: Callable[..., Array]
+    inner: Callable[..., Array]
+    inner_constraints: Callable[..., Array] | None = None
+
+
+class BilevelData(eqx.Module):
+    """Data of both levels: pytrees of arrays with a common leading sample axis per
+    level, or `None` for a level whose function takes no data."""
+
+    inner: PyTree[Array] | None = None
+    outer: PyTree[Array] | None = None
+
+
+def as_data(data) -> BilevelData:
+    """Accepts `None`, a `BilevelData` or a pair `(inner_data, outer_data)`."""
+    if data is None:
+        return BilevelData()
+    if isinstance(data, BilevelData):
+        return data
+    if isinstance(data, tuple | list) and len(data) == 2:
+        return BilevelData(inner=data[0], outer=data[1])
+    raise TypeError(
+        "`data` must be None, a `BilevelData` or a pair `(inner_data, outer_data)`; "
+        f"got {type(data).__name__}."
+    )
+
+
+def num_samples(level_data: PyTree[Array] | None, name: str) -> int | None:
+    """The common leading-axis length of a level's data (checked)."""
+    leaves = jtu.tree_leaves(level_data)
+    if not leaves:
+        return None
+    sizes = {jnp.shape(leaf)[0] if jnp.ndim(leaf) else None for leaf in leaves}
+    if len(sizes) != 1 or None in sizes:
+        shapes = [jnp.shape(leaf) for leaf in leaves]
+        raise ValueError(
+            f"All arrays of the {name} data need the same leading (sample) axis; got "
+            f"shapes {shapes}."
+        )
+    return sizes.pop()
+
+
+def sample_batch(
+    level_data: PyTree[Array] | None, key: Array, batch_size: int | None
+) -> PyTree[Array] | None:
+    """A minibatch of `batch_size` samples drawn uniformly with replacement (inside
+    `jit`); the whole data when `batch_size` is `None` or `level_data` is `None`."""
+    if level_data is None or batch_size is None:
+        return level_data
+    n = num_samples(level_data, "batched")
+    idx = jax.random.randint(key, (batch_size,), 0, n)
+    return jtu.tree_map(lambda a: a[idx], level_data)
+
+
+def _scalar_check(fn, name, x, y, batch):
+    try:
+        out = eqx.filter_eval_shape(fn, x, y, batch)
+    except Exception as e:
+        raise ValueError(
+            f"Calling the problem's `{name}(x, y, batch)` failed with x: "
+            f"{_describe(jax.eval_shape(lambda: x))}, y: "
+            f"{_describe(jax.eval_shape(lambda: y))} and a batch of the {name} data "
+            f"({_describe(jax.eval_shape(lambda: batch))}). Check that the shapes of "
+            f"x, y and the data match what `{name}` expects.\n"
+            f"{type(e).__name__}: {e}"
+        ) from e
+    if not (isinstance(out, jax.ShapeDtypeStruct) and out.shape == ()):
+        raise ValueError(
+            f"The problem's `{name}(x, y, batch)` must return a scalar; got "
+            f"{_describe(out)}."
+        )
+
+
+def _float_check(tree, name):
+    for leaf in jtu.tree_leaves(tree):
+        if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+            raise TypeError(
+                f"`{name}` must be a pytree of floating-point arrays; got "
+                f"{_describe(jax.eval_shape(lambda: tree))}."
+            )
+
+
+def check_problem(problem: BilevelProblem, x: Any, y: Any, data: BilevelData) -> None:
+    """Clear errors for the usual mistakes, raised at trace time."""
+    if not isinstance(problem, BilevelProblem):
+        raise TypeError(f"Expected a `BilevelProblem`, got {type(problem).__name__}.")
+    _float_check(x, "x")
+    _float_check(y, "y")
+    inner_n = num_samples(data.inner, "inner")
+    outer_n = num_samples(data.outer, "outer")
+    one = lambda d, n: None if n is None else jtu.tree_map(lambda a: a[:1], d)
+    _scalar_check(problem.inner, "inner", x, y, one(data.inner, inner_n))
+    _scalar_check(problem.outer, "outer", x, y, one(data.outer, outer_n))

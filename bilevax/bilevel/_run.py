@@ -1,0 +1,188 @@
+r"""What every bilevel algorithm shares: `init`/`step`/`run`, the history and the
+result object.
+
+`run` is one compiled loop (`lax.scan` over chunks of `record_every` steps), so it
+runs under `jit` and `jax.vmap` (e.g. over seeds). With `progress=True` the chunks
+are driven from Python with a progress bar instead (not inside `jit`/`vmap`).
+
+A step that makes `x` or `y` non-finite is undone and the run stops there with
+`result = RESULTS.diverged`: a NaN is never returned as an answer.
+"""
+
+import abc
+
+import equinox as eqx
+import equinox.internal as eqxi
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+from jaxtyping import Array, PyTree
+
+from ..implicit._tree import tree_all_finite, tree_norm
+from ._problem import BilevelData, BilevelProblem, as_data, check_problem
+
+
+class RESULTS(eqxi.Enumeration):
+    """Status of a bilevel run."""
+
+    successful = ""
+    diverged = (
+        "The run diverged: a step produced a non-finite x or y (NaN or infinity). "
+        "The result holds the last finite iterate; lower the step sizes."
+    )
+
+
+class StepInfo(eqx.Module):
+    """What one step knows about itself (recorded in the history)."""
+
+    hypergradient_norm: Array
+    inner_residual: Array
+
+
+class History(eqx.Module):
+    """Recorded every `record_every` steps (arrays of length `num_records`).
+
+    - `step`: outer iterations done at the record.
+    - `outer_loss`: `f(x, y)` on the whole outer data at the current `(x, y)`.
+    - `hypergradient_norm`: norm of the (estimated) hypergradient of the last step.
+    - `inner_residual`: `‖∇_y g(x, y)‖` on the whole inner data.
+    """
+
+    step: Array
+    outer_loss: Array
+    hypergradient_norm: Array
+    inner_residual: Array
+
+
+class BilevelResult(eqx.Module):
+    """Result of `run`: final `x`, `y`, the algorithm's `state` (to continue a run),
+    the `history`, the status `result` and `num_steps` taken."""
+
+    x: PyTree[Array]
+    y: PyTree[Array]
+    state: PyTree
+    history: History
+    result: RESULTS
+    num_steps: Array
+
+
+def _full_batch_record(problem, x, y, data: BilevelData, info: StepInfo, k):
+    outer = problem.outer(x, y, data.outer)
+    grad_y = jax.grad(problem.inner, argnums=1)(x, y, data.inner)
+    return History(k, outer, info.hypergradient_norm, tree_norm(grad_y))
+
+
+class AbstractBilevelAlgorithm(eqx.Module):
+    """Base of the bilevel algorithms: subclasses define `init`, `step` and
+    `iterates`; `run` is shared."""
+
+    @abc.abstractmethod
+    def init(self, problem: BilevelProblem, x0, y0, data: BilevelData, key: Array):
+        """The initial state."""
+
+    @abc.abstractmethod
+    def step(self, problem: BilevelProblem, state, data: BilevelData, key: Array):
+        """`(new state, StepInfo)` after one outer iteration."""
+
+    @abc.abstractmethod
+    def iterates(self, state) -> tuple[PyTree[Array], PyTree[Array]]:
+        """The current `(x, y)` of a state."""
+
+    def run(
+        self,
+        problem: BilevelProblem,
+        x0: PyTree[Array],
+        y0: PyTree[Array],
+        data=None,
+        *,
+        key: Array | None = None,
+        num_steps: int = 1000,
+        record_every: int | None = None,
+        progress: bool = False,
+        state=None,
+    ) -> BilevelResult:
+        """Run `num_steps` outer iterations.
+
+        **Arguments:**
+
+        - `problem`: the `BilevelProblem`.
+        - `x0`, `y0`: starting outer and inner variables (pytrees of floats).
+        - `data`: `(inner_data, outer_data)`, a `BilevelData` or `None`.
+        - `key`: PRNG key for minibatches (default `jax.random.key(0)`).
+        - `num_steps`: outer iterations (a Python int).
+        - `record_every`: history period (default: about 100 records). `num_steps`
+          is rounded up to a multiple of it.
+        - `progress`: show a tqdm progress bar (runs chunks from Python; not for use
+          inside `jit`/`vmap`).
+        - `state`: continue from the `state` of an earlier result instead of
+          `init` (then `x0`, `y0` are only used for checks).
+
+        **Returns:** a `BilevelResult`.
+        """
+        if not isinstance(num_steps, int) or num_steps < 1:
+            raise ValueError(f"`num_steps` must be a positive int, got {num_steps!r}.")
+        data = as_data(data)
+        check_problem(problem, x0, y0, data)
+        record_every = record_every or max(1, num_steps // 100)
+        num_records = -(-num_steps // record_every)
+        key = jax.random.key(0) if key is None else key
+        init_key, run_key = jax.random.split(key)
+        if state is None:
+            state = self.init(problem, x0, y0, data, init_key)
+        keys = jax.random.split(run_key, (num_records, record_every))
+        carry = (state, jnp.array(False), jnp.array(0))
+        if progress:
+            chunk = eqx.filter_jit(_chunk)
+            try:
+                from tqdm import tqdm
+            except ImportError as e:  # pragma: no cover - depends on environment
+                raise ImportError(
+                    "`progress=True` needs tqdm: `pip install tqdm`."
+                ) from e
+            records = []
+            for i in tqdm(range(num_records), desc=type(self).__name__):
+                carry, rec = chunk(self, problem, data, carry, keys[i])
+                records.append(rec)
+            history = jtu.tree_map(lambda *r: jnp.stack(r), *records)
+        else:
+            carry, history = jax.lax.scan(
+                lambda c, k: _chunk(self, problem, data, c, k), carry, keys
+            )
+        state, failed, done = carry
+        x, y = self.iterates(state)
+        result = RESULTS.where(failed, RESULTS.diverged, RESULTS.successful)
+        return BilevelResult(x, y, state, history, result, done)
+
+
+def _chunk(algorithm, problem, data, carry, keys):
+    """`len(keys)` steps, then one history record."""
+
+    def one(carry, key):
+        state, failed, done = carry
+
+        def advance(state):
+            new, info = algorithm.step(problem, state, data, key)
+            ok = tree_all_finite(algorithm.iterates(new))
+            new = jtu.tree_map(
+                lambda a, b: jnp.where(ok, a, b),
+                eqx.filter(new, eqx.is_array),
+                eqx.filter(state, eqx.is_array),
+            )
+            return eqx.combine(new, eqx.filter(state, eqx.is_array, inverse=True)), (
+                info,
+                ok,
+            )
+
+        def skip(state):
+            x, _ = algorithm.iterates(state)
+            nan = jnp.full((), jnp.nan, jnp.result_type(*jtu.tree_leaves(x)))
+            return state, (StepInfo(nan, nan), jnp.array(False))
+
+        state, (info, ok) = jax.lax.cond(failed, skip, advance, state)
+        return (state, failed | ~ok, done + ok.astype(done.dtype)), info
+
+    carry, infos = jax.lax.scan(one, carry, keys)
+    state, _, done = carry
+    x, y = algorithm.iterates(state)
+    last = jtu.tree_map(lambda a: a[-1], infos)
+    return carry, _full_batch_record(problem, x, y, data, last, done)

@@ -1,0 +1,64 @@
+"""Bad input gives clear errors; a diverging run stops with a failure status."""
+
+import jax.numpy as jnp
+import optax
+import pytest
+
+import bilevax as bx
+
+from ._quadratic import Quadratic
+
+Q = Quadratic()
+
+
+def test_shape_mismatch_of_x_names_the_function():
+    algorithm = bx.bilevel.HypergradientDescent()
+    with pytest.raises(ValueError, match="inner"):
+        algorithm.run(Q.problem, jnp.ones(7), Q.y0, Q.data, num_steps=2)
+
+
+def test_shape_mismatch_of_y():
+    with pytest.raises(ValueError, match="shapes of x, y and the data"):
+        bx.bilevel.hypergradient(Q.problem, Q.x0, jnp.zeros(3), data=Q.data)
+
+
+def test_non_scalar_loss():
+    problem = bx.bilevel.BilevelProblem(outer=lambda x, y, b: y, inner=Q.problem.inner)
+    with pytest.raises(ValueError, match="must return a scalar"):
+        bx.bilevel.hypergradient(problem, Q.x0, Q.y0, data=Q.data)
+
+
+def test_data_with_unequal_sample_axes():
+    inner, outer = Q.data
+    with pytest.raises(ValueError, match="same leading"):
+        bx.bilevel.F2SA().run(
+            Q.problem, Q.x0, Q.y0, ((inner, inner[:3]), outer), num_steps=2
+        )
+
+
+def test_integer_variables_are_refused():
+    with pytest.raises(TypeError, match="floating-point"):
+        bx.bilevel.PenaltyMethod().run(
+            Q.problem, jnp.ones(10, int), Q.y0, Q.data, num_steps=2
+        )
+
+
+def test_bad_data_argument():
+    with pytest.raises(TypeError, match="inner_data, outer_data"):
+        bx.bilevel.HOAG().run(Q.problem, Q.x0, Q.y0, Q.data[0], num_steps=2)
+
+
+@pytest.mark.parametrize(
+    "algorithm",
+    [
+        bx.bilevel.HypergradientDescent(optax.sgd(1e3)),
+        bx.bilevel.PenaltyMethod(lr_outer=1e3),
+        bx.bilevel.F2SA(lr_outer=1e3, outer_decay=0.0),
+    ],
+    ids=["hgd", "penalty", "f2sa"],
+)
+def test_divergence_is_reported_not_returned(algorithm):
+    res = algorithm.run(Q.problem, Q.x0, Q.y0, Q.data, num_steps=300)
+    assert res.result == bx.bilevel.RESULTS.diverged
+    assert bool(jnp.all(jnp.isfinite(res.x))) and bool(jnp.all(jnp.isfinite(res.y)))
+    assert int(res.num_steps) < 300
