@@ -40,12 +40,6 @@ class HypergradientStats(eqx.Module):
     linear_result: lx.RESULTS
 
 
-def _default_linear_solver(x, tol=None):
-    dtype = jnp.result_type(*jtu.tree_leaves(x))
-    rtol = default_tolerance(dtype) if tol is None else tol
-    return CG(rtol=rtol, atol=0.0)
-
-
 def hypergradient(
     problem: BilevelProblem,
     x: PyTree[Array],
@@ -81,8 +75,6 @@ def hypergradient(
     g = lambda x_, y_: problem.inner(x_, y_, data.inner)
     f = lambda x_, y_: problem.outer(x_, y_, data.outer)
     grad_y_g = jax.grad(g, argnums=1)
-    zero = jnp.array(0)
-    zero_f = jnp.zeros((), jnp.result_type(*jtu.tree_leaves(x)))
 
     if isinstance(adjoint, ImplicitAdjoint):
         dtype = jnp.result_type(*jtu.tree_leaves(y0))
@@ -94,7 +86,7 @@ def hypergradient(
         value, (grad_x, grad_y) = jax.value_and_grad(f, argnums=(0, 1))(x, y)
         linear_solver = adjoint.linear_solver
         if linear_solver is None:
-            linear_solver = _default_linear_solver(x, tol)
+            linear_solver = CG(rtol=tol)
         condition = conditions.stationarity(lambda y_, x_: g(x_, y_))
         (ct_x,), istats = root_vjp(
             condition,
@@ -120,12 +112,7 @@ def hypergradient(
             "`adjoint` must be ImplicitAdjoint, UnrolledAdjoint or TruncatedAdjoint; "
             f"got {adjoint!r}."
         )
-    eta = None
-    if isinstance(inner_solver, GradientDescent):
-        eta = inner_solver._eta(g, jax.lax.stop_gradient(y0), jax.lax.stop_gradient(x))
-        step = lambda y_, x_, t: inner_solver.step(g, y_, x_, t, eta)
-    else:
-        step = lambda y_, x_, t: inner_solver.step(g, y_, x_, t)
+    step = inner_solver.make_step(g, jax.lax.stop_gradient(y0), x)
 
     def outer_of_x(x_):
         y_ = iterate(step, y0, x_, inner_solver.num_steps, adjoint=adjoint)
@@ -135,8 +122,8 @@ def hypergradient(
     stats = HypergradientStats(
         jnp.array(inner_solver.num_steps),
         tree_norm(grad_y_g(x, y)),
-        zero,
-        zero_f,
+        jnp.array(0),
+        jnp.zeros((), jnp.result_type(*jtu.tree_leaves(x))),
         lx.RESULTS.successful,
     )
     return value, grad, y, stats

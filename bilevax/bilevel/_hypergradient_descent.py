@@ -41,11 +41,6 @@ def _project(project, x):
     return x if project is None else project(x)
 
 
-def _info(grad, stats, like) -> StepInfo:
-    dtype = jnp.result_type(*jtu.tree_leaves(like))
-    return StepInfo(tree_norm(grad).astype(dtype), stats.inner_residual.astype(dtype))
-
-
 class _HGDState(eqx.Module):
     x: PyTree[Array]
     y: PyTree[Array]
@@ -89,7 +84,7 @@ class HypergradientDescent(AbstractBilevelAlgorithm):
     def step(self, problem, state, data, key):
         batch = _batches(data, key, self.batch_size)
         start = state.y if self.warm_start else state.y0
-        _, grad, y, stats = hypergradient(
+        _, grad, y, _ = hypergradient(
             problem,
             state.x,
             start,
@@ -100,7 +95,7 @@ class HypergradientDescent(AbstractBilevelAlgorithm):
         )
         updates, opt_state = self.optimizer.update(grad, state.opt_state, state.x)
         x = _project(self.project, optax.apply_updates(state.x, updates))
-        return _HGDState(x, y, state.y0, opt_state), _info(grad, stats, state.x)
+        return _HGDState(x, y, state.y0, opt_state), StepInfo(tree_norm(grad))
 
 
 class _HOAGState(eqx.Module):
@@ -110,12 +105,10 @@ class _HOAGState(eqx.Module):
     eps: Array
     inner_scale: Array
     prev_x: PyTree[Array]
-    prev_y: PyTree[Array]
     prev_value: Array
     prev_eps: Array
     prev_grad: PyTree[Array]
     delta: Array
-    k: Array
 
 
 class HOAG(AbstractBilevelAlgorithm):
@@ -164,14 +157,6 @@ class HOAG(AbstractBilevelAlgorithm):
             return self.eps_min
         return 1e-12 if jnp.finfo(dtype).bits == 64 else 1e-6
 
-    def _hypergradient(self, problem, x, y, data, eps, scale):
-        adjoint = ImplicitAdjoint(CG(rtol=eps, max_steps=self.linear_steps))
-        # The inner tolerance is relative to the first inner gradient's norm.
-        value, grad, y, stats = hypergradient(
-            problem, x, y, self.inner_solver, adjoint, data, tol=eps * scale
-        )
-        return value, grad, y, stats
-
     def init(self, problem, x0, y0, data, key):
         dtype = jnp.result_type(*jtu.tree_leaves(x0))
         scale = tree_norm(jax.grad(problem.inner, argnums=1)(x0, y0, data.inner))
@@ -182,20 +167,27 @@ class HOAG(AbstractBilevelAlgorithm):
             eps=jnp.array(self.eps0, dtype),
             inner_scale=jnp.where(scale > 0, scale, 1.0).astype(dtype),
             prev_x=x0,
-            prev_y=y0,
             prev_value=jnp.array(jnp.inf, dtype),
             prev_eps=jnp.array(self.eps0, dtype),
             prev_grad=jtu.tree_map(jnp.zeros_like, x0),
             delta=jnp.zeros((), dtype),
-            k=jnp.array(0),
         )
 
     def iterates(self, state):
         return state.x, state.y
 
     def step(self, problem, state, data, key):
-        value, grad, y, stats = self._hypergradient(
-            problem, state.x, state.y, data, state.eps, state.inner_scale
+        # Inner tolerance relative to the first inner gradient's norm, adjoint CG to
+        # relative residual ε_k; `state.y` is the inner solution at `prev_x`.
+        adjoint = ImplicitAdjoint(CG(rtol=state.eps, max_steps=self.linear_steps))
+        value, grad, y, _ = hypergradient(
+            problem,
+            state.x,
+            state.y,
+            self.inner_solver,
+            adjoint,
+            data,
+            tol=state.eps * state.inner_scale,
         )
         first = state.lipschitz < 0
         norm = tree_norm(grad)
@@ -210,7 +202,7 @@ class HOAG(AbstractBilevelAlgorithm):
         L = jnp.where(reject, 2 * L, L)
         pick = lambda a, b: jtu.tree_map(lambda u, v: jnp.where(reject, u, v), a, b)
         x = pick(state.prev_x, state.x)
-        y = pick(state.prev_y, y)
+        y = pick(state.y, y)
         grad = pick(state.prev_grad, grad)
         value = jnp.where(reject, state.prev_value, value)
         eps_next = jnp.where(reject, eps / 2, eps)
@@ -225,11 +217,9 @@ class HOAG(AbstractBilevelAlgorithm):
             ),
             inner_scale=state.inner_scale,
             prev_x=x,
-            prev_y=y,
             prev_value=value,
             prev_eps=eps_next,
             prev_grad=grad,
             delta=tree_norm(step),
-            k=state.k + 1,
         )
-        return new_state, _info(grad, stats, state.x)
+        return new_state, StepInfo(tree_norm(grad))

@@ -2,8 +2,9 @@ r"""Solvers of the lower-level problem `min_y g(x, y)` used by hypergradients.
 
 An inner solver offers two things:
 
-- `step(g, y, x, t)`: one iteration, so that the solve can be unrolled
-  (`UnrolledAdjoint`, `TruncatedAdjoint`) for `num_steps` iterations;
+- `make_step(g, y0, x)`: the iteration map `step(y, x, t)`, with its constants
+  (e.g. the step size) fixed at the starting point, so that the solve can be
+  unrolled (`UnrolledAdjoint`, `TruncatedAdjoint`) for `num_steps` iterations;
 - `solve(g, y0, x, tol)`: iterate until `‖∇_y g‖ <= tol` (at most `num_steps`
   iterations), without a tape, for implicit differentiation. Returns the solution
   and the number of iterations.
@@ -16,48 +17,25 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
+import lineax as lx
 import optimistix as optx
 from jaxtyping import Array, PyTree
 
-from ..implicit._tree import tree_dot, tree_norm
-
-
-def largest_eigenvalue(
-    hvp: Callable[[PyTree[Array]], PyTree[Array]], like: PyTree[Array], steps: int = 20
-) -> Array:
-    """Largest eigenvalue of a symmetric PSD operator given as `v -> H v`, by power
-    iteration from a fixed pseudo-random start (deterministic, `jit`-able)."""
-    leaves, treedef = jtu.tree_flatten(like)
-    keys = jax.random.split(jax.random.key(0), max(len(leaves), 1))
-    v = jtu.tree_unflatten(
-        treedef,
-        [
-            jax.random.normal(k, jnp.shape(a), jnp.result_type(a))
-            for k, a in zip(keys, leaves, strict=False)
-        ],
-    )
-
-    def normalise(w):
-        n = tree_norm(w)
-        return jtu.tree_map(lambda a: a / jnp.where(n > 0, n, 1.0), w)
-
-    def body(_, w):
-        return normalise(hvp(w))
-
-    v = jax.lax.fori_loop(0, steps, body, normalise(v))
-    return jnp.abs(tree_dot(v, hvp(v)))
-
-
-def hessian_vector_product(fn: Callable[[PyTree[Array]], Array], y: PyTree[Array]):
-    """`v -> ∇²fn(y) v` by forward-over-reverse differentiation."""
-    grad = jax.grad(fn)
-    return lambda v: jax.jvp(grad, (y,), (v,))[1]
+from ..implicit._linear_solve import _dominant_eigenvalue
+from ..implicit._tree import tree_norm
 
 
 def smoothness(fn: Callable[[PyTree[Array]], Array], y: PyTree[Array]) -> Array:
     """Estimate of the Lipschitz constant of `∇fn` at `y` (largest Hessian
-    eigenvalue, by 20 power iterations), never below a tiny positive floor."""
-    lip = largest_eigenvalue(hessian_vector_product(fn, y), y)
+    eigenvalue, by 20 power iterations on Hessian-vector products), never below a
+    tiny positive floor."""
+    grad = jax.grad(fn)
+    hessian = lx.FunctionLinearOperator(
+        lambda v: jax.jvp(grad, (y,), (v,))[1],
+        jax.eval_shape(lambda: y),
+        lx.symmetric_tag,
+    )
+    lip = jnp.abs(_dominant_eigenvalue(hessian, steps=20))
     tiny = jnp.finfo(jnp.result_type(lip)).tiny ** 0.5
     return jax.lax.stop_gradient(jnp.maximum(lip, tiny))
 
@@ -68,8 +46,8 @@ class AbstractInnerSolver(eqx.Module):
     num_steps: eqx.AbstractVar[int]
 
     @abc.abstractmethod
-    def step(self, g: Callable, y: PyTree[Array], x: PyTree[Array], t: Array):
-        """One iteration on `y ↦ g(x, y)`."""
+    def make_step(self, g: Callable, y0: PyTree[Array], x: PyTree[Array]):
+        """The iteration map `step(y, x, t) -> y` on `y ↦ g(x, y)`."""
 
     @abc.abstractmethod
     def solve(self, g: Callable, y0: PyTree[Array], x: PyTree[Array], tol: Array):
@@ -97,10 +75,12 @@ class GradientDescent(AbstractInnerSolver):
             return self.stepsize
         return 1.0 / smoothness(lambda y_: g(x, y_), jax.lax.stop_gradient(y))
 
-    def step(self, g, y, x, t, eta=None):
-        eta = self._eta(g, y, x) if eta is None else eta
-        grad = jax.grad(g, argnums=1)(x, y)
-        return jtu.tree_map(lambda a, b: a - eta * b, y, grad)
+    def make_step(self, g, y0, x):
+        eta = self._eta(g, y0, jax.lax.stop_gradient(x))
+        grad_fn = jax.grad(g, argnums=1)
+        return lambda y, x_, t: jtu.tree_map(
+            lambda a, b: a - eta * b, y, grad_fn(x_, y)
+        )
 
     def solve(self, g, y0, x, tol):
         eta = self._eta(g, y0, x)
@@ -130,7 +110,7 @@ class LBFGS(AbstractInnerSolver):
     num_steps: int = 1000
     history_length: int = 10
 
-    def step(self, g, y, x, t):
+    def make_step(self, g, y0, x):
         raise ValueError(
             "`LBFGS` cannot be unrolled; use `GradientDescent` with "
             "`UnrolledAdjoint`/`TruncatedAdjoint`, or `ImplicitAdjoint` with LBFGS."

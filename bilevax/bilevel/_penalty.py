@@ -18,6 +18,7 @@ gradient in the stochastic form).
   optional projection of `x`.
 """
 
+import abc
 from collections.abc import Callable
 from typing import Literal
 
@@ -44,70 +45,79 @@ class _PenaltyState(eqx.Module):
     k: Array
 
 
-def _init_state(problem, x0, y0, data: BilevelData, optimizer) -> _PenaltyState:
-    lip_f = smoothness(lambda y: problem.outer(x0, y, data.outer), y0)
-    lip_g = smoothness(lambda y: problem.inner(x0, y, data.inner), y0)
-    opt_state = None if optimizer is None else optimizer.init(x0)
-    return _PenaltyState(x0, y0, y0, lip_f, lip_g, opt_state, jnp.array(0))
-
-
 def _axpy(a, x, y):
     """`y + a·x` on pytrees."""
     return jtu.tree_map(lambda u, v: v + a * u, x, y)
 
 
-def _penalty_step(
-    problem,
-    state: _PenaltyState,
-    data: BilevelData,
-    key: Array,
-    *,
-    lam: Array,
-    eta_y: Array,
-    eta_z: Array,
-    eta_x: Array,
-    y_steps: int,
-    z_steps: int,
-    batch_size: int | None,
-    project: Callable | None,
-    optimizer: optax.GradientTransformation | None,
-):
-    """One outer step of the value-function penalty method (see module docs)."""
-    x = state.x
-    grad_f = jax.grad(problem.outer, argnums=(0, 1))
-    grad_g = jax.grad(problem.inner, argnums=(0, 1))
-    inner = lambda k: sample_batch(data.inner, k, batch_size)
-    outer = lambda k: sample_batch(data.outer, k, batch_size)
-    key_z, key_y, key_x = jax.random.split(key, 3)
+class _AbstractPenaltyAlgorithm(AbstractBilevelAlgorithm):
+    """The outer step shared by F2SA and the penalty method; subclasses give the
+    schedules of `λ` and the step sizes, and the numbers of inner steps."""
 
-    def z_body(z, k):
-        return _axpy(-eta_z, grad_g(x, z, inner(k))[1], z), None
+    lr_inner: eqx.AbstractVar[float]
+    batch_size: eqx.AbstractVar[int | None]
+    optimizer: eqx.AbstractVar[optax.GradientTransformation | None]
 
-    def y_body(y, k):
-        k1, k2 = jax.random.split(k)
-        d = _axpy(lam, grad_g(x, y, inner(k2))[1], grad_f(x, y, outer(k1))[1])
-        return _axpy(-eta_y, d, y), None
+    @abc.abstractmethod
+    def _schedule(self, k: Array) -> tuple[Array, Array, Array]:
+        """`(λ_k, inner rate, x step)` at outer step `k` (a float)."""
 
-    z, _ = jax.lax.scan(z_body, state.z, jax.random.split(key_z, z_steps))
-    y, _ = jax.lax.scan(y_body, state.y, jax.random.split(key_y, y_steps))
-    k1, k2, k3 = jax.random.split(key_x, 3)
-    gx_y = grad_g(x, y, inner(k2))[0]
-    gx_z = grad_g(x, z, inner(k3))[0]
-    d = jtu.tree_map(
-        lambda a, b, c: a + lam * (b - c), grad_f(x, y, outer(k1))[0], gx_y, gx_z
-    )
-    opt_state = state.opt_state
-    if optimizer is None:
-        x = _axpy(-eta_x, d, x)
-    else:
-        updates, opt_state = optimizer.update(d, opt_state, x)
-        x = optax.apply_updates(x, updates)
-    x = x if project is None else project(x)
-    dtype = jnp.result_type(*jtu.tree_leaves(x))
-    residual = tree_norm(grad_g(state.x, z, inner(k3))[1])
-    info = StepInfo(tree_norm(d).astype(dtype), residual.astype(dtype))
-    new = _PenaltyState(x, y, z, state.lip_f, state.lip_g, opt_state, state.k + 1)
-    return new, info
+    @abc.abstractmethod
+    def _inner_steps(self) -> tuple[int, int]:
+        """Gradient steps per outer step on `y` and on `z`."""
+
+    def _project(self, x):
+        return x
+
+    def init(self, problem, x0, y0, data, key):
+        lip_f = smoothness(lambda y: problem.outer(x0, y, data.outer), y0)
+        lip_g = smoothness(lambda y: problem.inner(x0, y, data.inner), y0)
+        opt_state = None if self.optimizer is None else self.optimizer.init(x0)
+        return _PenaltyState(x0, y0, y0, lip_f, lip_g, opt_state, jnp.array(0))
+
+    def iterates(self, state):
+        return state.x, state.z
+
+    def step(self, problem, state: _PenaltyState, data: BilevelData, key: Array):
+        """One outer step of the value-function penalty method (see module docs)."""
+        dtype = jnp.result_type(*jtu.tree_leaves(state.x))
+        lam, inner_rate, eta_x = self._schedule(state.k.astype(dtype))
+        eta_y = inner_rate / (state.lip_f + lam * state.lip_g)
+        eta_z = inner_rate / state.lip_g
+        y_steps, z_steps = self._inner_steps()
+        x = state.x
+        grad_f = jax.grad(problem.outer, argnums=(0, 1))
+        grad_g = jax.grad(problem.inner, argnums=(0, 1))
+        inner = lambda k: sample_batch(data.inner, k, self.batch_size)
+        outer = lambda k: sample_batch(data.outer, k, self.batch_size)
+        key_z, key_y, key_x = jax.random.split(key, 3)
+
+        def z_body(z, k):
+            return _axpy(-eta_z, grad_g(x, z, inner(k))[1], z), None
+
+        def y_body(y, k):
+            k1, k2 = jax.random.split(k)
+            d = _axpy(lam, grad_g(x, y, inner(k2))[1], grad_f(x, y, outer(k1))[1])
+            return _axpy(-eta_y, d, y), None
+
+        z, _ = jax.lax.scan(z_body, state.z, jax.random.split(key_z, z_steps))
+        y, _ = jax.lax.scan(y_body, state.y, jax.random.split(key_y, y_steps))
+        k1, k2, k3 = jax.random.split(key_x, 3)
+        gx_y = grad_g(x, y, inner(k2))[0]
+        gx_z = grad_g(x, z, inner(k3))[0]
+        d = jtu.tree_map(
+            lambda a, b, c: a + lam * (b - c), grad_f(x, y, outer(k1))[0], gx_y, gx_z
+        )
+        opt_state = state.opt_state
+        if self.optimizer is None:
+            x = _axpy(-eta_x, d, x)
+        else:
+            updates, opt_state = self.optimizer.update(d, opt_state, x)
+            x = optax.apply_updates(x, updates)
+        new = _PenaltyState(
+            self._project(x), y, z, state.lip_f, state.lip_g, opt_state, state.k + 1
+        )
+        return new, StepInfo(tree_norm(d))
 
 
 _F2SA_EXPONENTS = {
@@ -118,7 +128,7 @@ _F2SA_EXPONENTS = {
 }
 
 
-class F2SA(AbstractBilevelAlgorithm):
+class F2SA(_AbstractPenaltyAlgorithm):
     r"""F2SA (Kwon, Kwon, Wright, Nowak, ICML 2023): fully first-order stochastic
     bilevel optimisation.
 
@@ -182,36 +192,16 @@ class F2SA(AbstractBilevelAlgorithm):
         p = a - c if self.lambda_power is None else self.lambda_power
         return a, c, p
 
-    def init(self, problem, x0, y0, data, key):
-        return _init_state(problem, x0, y0, data, self.optimizer)
-
-    def iterates(self, state):
-        return state.x, state.z
-
-    def step(self, problem, state, data, key):
+    def _schedule(self, k):
         a, c, p = self._exponents()
-        dtype = jnp.result_type(*jtu.tree_leaves(state.x))
-        k = state.k.astype(dtype)
         lam = self.lambda0 + self.lambda_growth * k**p
-        inner_rate = self.lr_inner * (k + 1) ** (-c)
-        return _penalty_step(
-            problem,
-            state,
-            data,
-            key,
-            lam=lam,
-            eta_y=inner_rate / (state.lip_f + lam * state.lip_g),
-            eta_z=inner_rate / state.lip_g,
-            eta_x=self.lr_outer * (k + 1) ** (-a),
-            y_steps=self.inner_steps,
-            z_steps=self.inner_steps,
-            batch_size=self.batch_size,
-            project=None,
-            optimizer=self.optimizer,
-        )
+        return lam, self.lr_inner * (k + 1) ** (-c), self.lr_outer * (k + 1) ** (-a)
+
+    def _inner_steps(self):
+        return self.inner_steps, self.inner_steps
 
 
-class PenaltyMethod(AbstractBilevelAlgorithm):
+class PenaltyMethod(_AbstractPenaltyAlgorithm):
     r"""Value-function penalty method with a growing, then fixed, penalty
     (Kwon et al., ICLR 2024; V-PBGD of Shen & Chen, ICML 2023).
 
@@ -251,28 +241,13 @@ class PenaltyMethod(AbstractBilevelAlgorithm):
     project: Callable | None = None
     optimizer: optax.GradientTransformation | None = None
 
-    def init(self, problem, x0, y0, data, key):
-        return _init_state(problem, x0, y0, data, self.optimizer)
-
-    def iterates(self, state):
-        return state.x, state.z
-
-    def step(self, problem, state, data, key):
-        dtype = jnp.result_type(*jtu.tree_leaves(state.x))
-        ramp = jnp.minimum(state.k.astype(dtype) / max(self.ramp_steps, 1), 1.0)
+    def _schedule(self, k):
+        ramp = jnp.minimum(k / max(self.ramp_steps, 1), 1.0)
         gamma = self.gamma0 + (self.gamma_max - self.gamma0) * ramp
-        return _penalty_step(
-            problem,
-            state,
-            data,
-            key,
-            lam=gamma,
-            eta_y=self.lr_inner / (state.lip_f + gamma * state.lip_g),
-            eta_z=self.lr_inner / state.lip_g,
-            eta_x=self.lr_outer,
-            y_steps=self.y_steps,
-            z_steps=self.z_steps,
-            batch_size=self.batch_size,
-            project=self.project,
-            optimizer=self.optimizer,
-        )
+        return gamma, self.lr_inner, self.lr_outer
+
+    def _inner_steps(self):
+        return self.y_steps, self.z_steps
+
+    def _project(self, x):
+        return x if self.project is None else self.project(x)

@@ -33,10 +33,10 @@ class RESULTS(eqxi.Enumeration):
 
 
 class StepInfo(eqx.Module):
-    """What one step knows about itself (recorded in the history)."""
+    """What one step knows about itself (recorded in the history): the norm of the
+    (estimated) hypergradient or direction it used for `x`."""
 
     hypergradient_norm: Array
-    inner_residual: Array
 
 
 class History(eqx.Module):
@@ -157,11 +157,15 @@ class AbstractBilevelAlgorithm(eqx.Module):
 def _chunk(algorithm, problem, data, carry, keys):
     """`len(keys)` steps, then one history record."""
 
+    x, _ = algorithm.iterates(carry[0])
+    dtype = jnp.result_type(*jtu.tree_leaves(x))
+
     def one(carry, key):
         state, failed, done = carry
 
         def advance(state):
             new, info = algorithm.step(problem, state, data, key)
+            info = jtu.tree_map(lambda a: a.astype(dtype), info)
             ok = tree_all_finite(algorithm.iterates(new))
             new = jtu.tree_map(
                 lambda a, b: jnp.where(ok, a, b),
@@ -174,9 +178,7 @@ def _chunk(algorithm, problem, data, carry, keys):
             )
 
         def skip(state):
-            x, _ = algorithm.iterates(state)
-            nan = jnp.full((), jnp.nan, jnp.result_type(*jtu.tree_leaves(x)))
-            return state, (StepInfo(nan, nan), jnp.array(False))
+            return state, (StepInfo(jnp.full((), jnp.nan, dtype)), jnp.array(False))
 
         state, (info, ok) = jax.lax.cond(failed, skip, advance, state)
         return (state, failed | ~ok, done + ok.astype(done.dtype)), info

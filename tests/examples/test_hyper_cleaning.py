@@ -1,39 +1,29 @@
 """The hyper-cleaning example on scikit-learn digits: every bilevel method cleans
 the labels (accuracy far above no cleaning, corrupted samples found)."""
 
-import pathlib
 import re
-import subprocess
-import sys
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+from ._run import run_example
 
 
 def test_hyper_cleaning_digits(tmp_path):
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "examples" / "hyper_cleaning.py"),
-            "--dataset",
-            "digits",
-            "--steps",
-            "200",
-            "--out",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    stdout = run_example(
+        "hyper_cleaning.py",
+        "--dataset",
+        "digits",
+        "--steps",
+        "200",
+        "--out",
+        str(tmp_path),
     )
-    assert out.returncode == 0, out.stderr[-3000:]
     acc = lambda name: float(
-        re.search(rf"^{name}\s+test accuracy (\d\.\d+)", out.stdout, re.M)[1]
+        re.search(rf"^{name}\s+test accuracy (\d\.\d+)", stdout, re.M)[1]
     )
     baseline, oracle = acc("no cleaning"), acc("clean-only oracle")
     assert oracle > baseline + 0.2
     for method in ("ift", "f2sa", "penalty"):
         line = re.search(
-            rf"^{method}\s+test accuracy (\d\.\d+), F1 (\d\.\d+)", out.stdout, re.M
+            rf"^{method}\s+test accuracy (\d\.\d+), F1 (\d\.\d+)", stdout, re.M
         )
         accuracy, f1 = float(line[1]), float(line[2])
         assert accuracy >= oracle - 0.05, method

@@ -5,38 +5,28 @@ the best constant on the grid) so that the improvement is large and not a matter
 noise; the example's own default starts from the best constant.
 """
 
-import pathlib
 import re
-import subprocess
-import sys
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+from ._run import run_example
 
 
 def test_learning_rate_schedule_example(tmp_path):
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "examples" / "learning_rate_schedule.py"),
-            "--steps",
-            "40",
-            "--meta-steps",
-            "25",
-            "--init-lr",
-            "0.05",
-            "--meta-lr",
-            "0.05",
-            "--out",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    stdout = run_example(
+        "learning_rate_schedule.py",
+        "--steps",
+        "40",
+        "--meta-steps",
+        "25",
+        "--init-lr",
+        "0.05",
+        "--meta-lr",
+        "0.05",
+        "--out",
+        str(tmp_path),
     )
-    assert out.returncode == 0, out.stderr[-3000:]
-    start = float(re.search(r"start: .*validation loss (\d+\.\d+)", out.stdout)[1])
+    start = float(re.search(r"start: .*validation loss (\d+\.\d+)", stdout)[1])
     learned = float(
-        re.search(r"learned schedule: validation loss (\d+\.\d+)", out.stdout)[1]
+        re.search(r"learned schedule: validation loss (\d+\.\d+)", stdout)[1]
     )
     assert learned < 0.9 * start
     assert (tmp_path / "learning_rate_schedule.png").stat().st_size > 10_000

@@ -1,31 +1,16 @@
 """The README's main job runs end to end and learns something."""
 
-import pathlib
 import re
-import subprocess
-import sys
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+from ._run import run_example
 
 
 def _run(tmp_path, *flags):
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "examples" / "quickstart.py"),
-            "--steps",
-            "15",
-            "--out",
-            str(tmp_path),
-            *flags,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    stdout = run_example(
+        "quickstart.py", "--steps", "15", "--out", str(tmp_path), *flags
     )
-    assert out.returncode == 0, out.stderr[-3000:]
-    losses = [float(v) for v in re.findall(r"validation loss (\d+\.\d+)", out.stdout)]
-    return out.stdout, losses
+    losses = [float(v) for v in re.findall(r"validation loss (\d+\.\d+)", stdout)]
+    return stdout, losses
 
 
 def test_quickstart_scalar(tmp_path):
