@@ -8,6 +8,9 @@ SCRIPT = textwrap.dedent(
     """
     import jax, jax.numpy as jnp, lineax as lx
     assert not jax.config.jax_enable_x64
+    # On GPU, float32 matrix products default to TF32 (about 3 digits), which would
+    # limit the reference solution and the Hessian products alike.
+    jax.config.update("jax_default_matmul_precision", "highest")
     from bilevax.implicit import Neumann, conditions, custom_root, root_vjp
 
     X = jax.random.normal(jax.random.key(0), (60, 8))

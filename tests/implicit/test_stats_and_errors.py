@@ -56,6 +56,10 @@ def test_root_vjp_under_jit_and_vmap():
     assert jnp.allclose(cts[1], problem.hypergradient(2 * X), rtol=1e-8)
 
 
+# Errors are raised when a result is materialised: on GPU, dispatch is asynchronous,
+# so every call that should raise is wrapped in `jax.block_until_ready`.
+
+
 def test_truncated_solve_is_reported_not_hidden():
     problem = Ridge()
     w = problem.solve(None, X)
@@ -67,13 +71,13 @@ def test_truncated_solve_is_reported_not_hidden():
     assert int(stats.num_steps) == 2
     assert float(stats.residual) > 1e-6
     with pytest.raises(RuntimeError, match="maximum number of solver steps"):
-        root_vjp(F, w, (X,), u, linear_solver=short)
+        jax.block_until_ready(root_vjp(F, w, (X,), u, linear_solver=short))
     # The decorator raises too, in reverse and in forward mode.
     solve = custom_root(F, linear_solver=short)(problem.solve)
     with pytest.raises(RuntimeError, match="maximum number of solver steps"):
-        jax.grad(lambda x: problem.outer(solve(None, x)))(X)
+        jax.block_until_ready(jax.grad(lambda x: problem.outer(solve(None, x)))(X))
     with pytest.raises(RuntimeError, match="maximum number of solver steps"):
-        jax.jvp(lambda x: solve(None, x), (X,), (X,))
+        jax.block_until_ready(jax.jvp(lambda x: solve(None, x), (X,), (X,)))
     # ... unless the user opts out.
     lenient = custom_root(F, linear_solver=short, throw=False)(problem.solve)
     assert jnp.all(jnp.isfinite(jax.grad(lambda x: problem.outer(lenient(None, x)))(X)))
@@ -126,11 +130,11 @@ def test_nan_solution_raises():
     F = conditions.stationarity(problem.inner)
     solve = custom_root(F)(lambda init, x: problem.solve(init, x) * jnp.nan)
     with pytest.raises(RuntimeError, match="non-finite"):
-        solve(None, X)
+        jax.block_until_ready(solve(None, X))
     with pytest.raises(RuntimeError, match="non-finite"):
-        jax.jit(solve, static_argnums=0)(None, X)
+        jax.block_until_ready(jax.jit(solve, static_argnums=0)(None, X))
     with pytest.raises(RuntimeError, match="non-finite"):
-        jax.grad(lambda x: jnp.sum(solve(None, x)))(X)
+        jax.block_until_ready(jax.grad(lambda x: jnp.sum(solve(None, x)))(X))
 
 
 def test_nan_in_adjoint_solve_is_reported():
@@ -141,6 +145,6 @@ def test_nan_in_adjoint_solve_is_reported():
     (ct,), stats = root_vjp(F, zeros, (zeros,), jnp.ones(3), throw=False)
     assert stats.result != lx.RESULTS.successful
     with pytest.raises(RuntimeError, match="non-finite"):
-        root_vjp(F, zeros, (zeros,), jnp.ones(3))
+        jax.block_until_ready(root_vjp(F, zeros, (zeros,), jnp.ones(3)))
     with pytest.raises(RuntimeError, match="non-finite"):
-        jax.grad(lambda t: jnp.sum(solve(None, t)))(zeros)
+        jax.block_until_ready(jax.grad(lambda t: jnp.sum(solve(None, t)))(zeros))
