@@ -103,8 +103,8 @@ class LBFGS(AbstractInnerSolver):
     r"""Limited-memory BFGS (optimistix) with a line search, for implicit
     differentiation only: a solve to tolerance, not an unrollable step.
 
-    Stops when the gradient's max-norm is below `tol` (Cauchy-type test of
-    optimistix with `atol = tol`, `rtol = 0`) or after `num_steps` iterations.
+    Stops when `‖∇_y g‖ <= tol` or after `num_steps` iterations (line-search
+    trials included).
     """
 
     num_steps: int = 1000
@@ -117,13 +117,35 @@ class LBFGS(AbstractInnerSolver):
         )
 
     def solve(self, g, y0, x, tol):
-        solver = optx.LBFGS(rtol=0.0, atol=tol, history_length=self.history_length)
+        solver = _ToGradientNorm(
+            optx.LBFGS(rtol=0.0, atol=0.0, history_length=self.history_length), tol
+        )
         sol = optx.minimise(
-            lambda y, x_: g(x_, y),
-            solver,
-            y0,
-            x,
-            max_steps=self.num_steps,
-            throw=False,
+            lambda y, x_: g(x_, y), solver, y0, x, max_steps=self.num_steps, throw=False
         )
         return sol.value, sol.stats["num_steps"]
+
+
+class _ToGradientNorm(optx.AbstractMinimiser):
+    """An optimistix quasi-Newton minimiser stopped when `‖∇f(y)‖ <= tol` (its own
+    test compares successive `y` and `f`); the state holds the gradient at the
+    accepted iterate."""
+
+    solver: optx.AbstractQuasiNewton
+    tol: float | Array
+    rtol: float = 0.0
+    atol: float = 0.0
+    norm: Callable = optx.max_norm
+
+    def init(self, fn, y, args, options, f_struct, aux_struct, tags):
+        return self.solver.init(fn, y, args, options, f_struct, aux_struct, tags)
+
+    def step(self, fn, y, args, options, state, tags):
+        return self.solver.step(fn, y, args, options, state, tags)
+
+    def terminate(self, fn, y, args, options, state, tags):
+        small = tree_norm(state.f_info.grad) <= self.tol
+        return small & jnp.logical_not(state.first_step), state.result
+
+    def postprocess(self, fn, y, aux, args, options, state, tags, result):
+        return self.solver.postprocess(fn, y, aux, args, options, state, tags, result)

@@ -11,6 +11,14 @@ steps on `z` (for `g`) and on `y` (for `f + λ g`) from their previous values, t
 a step on `x` along the estimate above (independent minibatches for every
 gradient in the stochastic form).
 
+`variance_reduction="svrg"` (Johnson & Zhang, NeurIPS 2013) replaces every
+minibatch gradient `∇φ(w; B)` by `∇φ(w; B) - ∇φ(w̃; B) + ∇φ(w̃)`, with an anchor
+`w̃ = (x̃, ỹ, z̃)` and its full-data gradients refreshed every `snapshot_every`
+steps (default: one pass over the data). On finite sums this removes the noise
+floor of constant steps: the iterates converge to the penalised solution instead
+of a neighbourhood of it, at the price of two minibatch gradients per oracle and
+one full gradient per snapshot.
+
 - `F2SA` (Kwon, Kwon, Wright, Nowak, ICML 2023): `λ_k → ∞` on a schedule, with
   decaying step sizes whose exponents depend on where the noise is.
 - `PenaltyMethod` (Kwon et al., ICLR 2024; V-PBGD of Shen & Chen, ICML 2023): the
@@ -31,7 +39,7 @@ from jaxtyping import Array, PyTree
 
 from ..implicit._tree import tree_norm
 from ._inner import smoothness
-from ._problem import BilevelData, sample_batch
+from ._problem import BilevelData, num_samples, sample_batch
 from ._run import AbstractBilevelAlgorithm, StepInfo
 
 
@@ -43,6 +51,43 @@ class _PenaltyState(eqx.Module):
     lip_g: Array  # smoothness of g in y
     opt_state: PyTree  # of the optional optax optimizer of x
     k: Array
+    anchor: "_Anchor | None"  # SVRG anchor (None without variance reduction)
+
+
+class _Anchor(eqx.Module):
+    """SVRG anchor: the points and their full-data gradients `(∇_x, ∇_y)`."""
+
+    x: PyTree[Array]
+    y: PyTree[Array]
+    z: PyTree[Array]
+    grad_g_at_z: tuple
+    grad_g_at_y: tuple
+    grad_f_at_y: tuple
+
+
+def _anchor(problem, x, y, z, data: BilevelData) -> _Anchor:
+    grad_f = jax.grad(problem.outer, argnums=(0, 1))
+    grad_g = jax.grad(problem.inner, argnums=(0, 1))
+    return _Anchor(
+        x,
+        y,
+        z,
+        grad_g(x, z, data.inner),
+        grad_g(x, y, data.inner),
+        grad_f(x, y, data.outer),
+    )
+
+
+def _estimate(fn, argnum, x, w, batch, anchor_x, anchor_w, anchor_grad):
+    """`∇φ(x, w; B)` in argument `argnum`, SVRG-corrected when there is an anchor."""
+    grad = jax.grad(fn, argnums=argnum)
+    current = grad(x, w, batch)
+    if anchor_grad is None:
+        return current
+    reference = grad(anchor_x, anchor_w, batch)
+    return jtu.tree_map(
+        lambda c, r, a: c - r + a, current, reference, anchor_grad[argnum]
+    )
 
 
 def _axpy(a, x, y):
@@ -57,6 +102,27 @@ class _AbstractPenaltyAlgorithm(AbstractBilevelAlgorithm):
     lr_inner: eqx.AbstractVar[float]
     batch_size: eqx.AbstractVar[int | None]
     optimizer: eqx.AbstractVar[optax.GradientTransformation | None]
+    variance_reduction: eqx.AbstractVar[Literal["svrg"] | None]
+    snapshot_every: eqx.AbstractVar[int | None]
+
+    def __check_init__(self):
+        if self.variance_reduction not in (None, "svrg"):
+            raise ValueError(
+                "`variance_reduction` must be None or 'svrg', got "
+                f"{self.variance_reduction!r}."
+            )
+
+    def _reduces_variance(self) -> bool:
+        return self.variance_reduction is not None and self.batch_size is not None
+
+    def _snapshot_every(self, data: BilevelData) -> int:
+        if self.snapshot_every is not None:
+            return self.snapshot_every
+        n = max(
+            num_samples(data.inner, "inner") or 1,
+            num_samples(data.outer, "outer") or 1,
+        )
+        return max(1, -(-n // self.batch_size))
 
     @abc.abstractmethod
     def _schedule(self, k: Array) -> tuple[Array, Array, Array]:
@@ -73,7 +139,10 @@ class _AbstractPenaltyAlgorithm(AbstractBilevelAlgorithm):
         lip_f = smoothness(lambda y: problem.outer(x0, y, data.outer), y0)
         lip_g = smoothness(lambda y: problem.inner(x0, y, data.inner), y0)
         opt_state = None if self.optimizer is None else self.optimizer.init(x0)
-        return _PenaltyState(x0, y0, y0, lip_f, lip_g, opt_state, jnp.array(0))
+        anchor = (
+            _anchor(problem, x0, y0, y0, data) if self._reduces_variance() else None
+        )
+        return _PenaltyState(x0, y0, y0, lip_f, lip_g, opt_state, jnp.array(0), anchor)
 
     def iterates(self, state):
         return state.x, state.z
@@ -86,27 +155,53 @@ class _AbstractPenaltyAlgorithm(AbstractBilevelAlgorithm):
         eta_z = inner_rate / state.lip_g
         y_steps, z_steps = self._inner_steps()
         x = state.x
-        grad_f = jax.grad(problem.outer, argnums=(0, 1))
-        grad_g = jax.grad(problem.inner, argnums=(0, 1))
+        anchor = state.anchor
+        if anchor is not None:
+            anchor = jax.lax.cond(
+                state.k % self._snapshot_every(data) == 0,
+                lambda: _anchor(problem, x, state.y, state.z, data),
+                lambda: anchor,
+            )
+            at_z = (anchor.x, anchor.z, anchor.grad_g_at_z)
+            at_y = (anchor.x, anchor.y, anchor.grad_g_at_y)
+            at_fy = (anchor.x, anchor.y, anchor.grad_f_at_y)
+        else:
+            at_z = at_y = at_fy = (None, None, None)
+        f, g = problem.outer, problem.inner
         inner = lambda k: sample_batch(data.inner, k, self.batch_size)
         outer = lambda k: sample_batch(data.outer, k, self.batch_size)
-        key_z, key_y, key_x = jax.random.split(key, 3)
+        key_g, key_f, key_x = jax.random.split(key, 3)
+        # Step `t` of the `z` and of the `y` loop draw the same inner batch: their
+        # errors are then correlated and largely cancel in `y - z`, which enters
+        # the `x` direction multiplied by `λ`.
+        keys_g = jax.random.split(key_g, max(y_steps, z_steps))
 
         def z_body(z, k):
-            return _axpy(-eta_z, grad_g(x, z, inner(k))[1], z), None
+            return _axpy(-eta_z, _estimate(g, 1, x, z, inner(k), *at_z), z), None
 
-        def y_body(y, k):
-            k1, k2 = jax.random.split(k)
-            d = _axpy(lam, grad_g(x, y, inner(k2))[1], grad_f(x, y, outer(k1))[1])
+        def y_body(y, keys):
+            k_g, k_f = keys
+            d = _axpy(
+                lam,
+                _estimate(g, 1, x, y, inner(k_g), *at_y),
+                _estimate(f, 1, x, y, outer(k_f), *at_fy),
+            )
             return _axpy(-eta_y, d, y), None
 
-        z, _ = jax.lax.scan(z_body, state.z, jax.random.split(key_z, z_steps))
-        y, _ = jax.lax.scan(y_body, state.y, jax.random.split(key_y, y_steps))
-        k1, k2, k3 = jax.random.split(key_x, 3)
-        gx_y = grad_g(x, y, inner(k2))[0]
-        gx_z = grad_g(x, z, inner(k3))[0]
+        z, _ = jax.lax.scan(z_body, state.z, keys_g[:z_steps])
+        y, _ = jax.lax.scan(
+            y_body, state.y, (keys_g[:y_steps], jax.random.split(key_f, y_steps))
+        )
+        # One inner batch for both `∇_x g` terms: the parts of `∇_x g` that do not
+        # depend on the inner variable cancel exactly (their noise is not scaled
+        # up by `λ`).
+        k1, k2 = jax.random.split(key_x)
+        inner_batch = inner(k2)
         d = jtu.tree_map(
-            lambda a, b, c: a + lam * (b - c), grad_f(x, y, outer(k1))[0], gx_y, gx_z
+            lambda a, b, c: a + lam * (b - c),
+            _estimate(f, 0, x, y, outer(k1), *at_fy),
+            _estimate(g, 0, x, y, inner_batch, *at_y),
+            _estimate(g, 0, x, z, inner_batch, *at_z),
         )
         opt_state = state.opt_state
         if self.optimizer is None:
@@ -115,7 +210,14 @@ class _AbstractPenaltyAlgorithm(AbstractBilevelAlgorithm):
             updates, opt_state = self.optimizer.update(d, opt_state, x)
             x = optax.apply_updates(x, updates)
         new = _PenaltyState(
-            self._project(x), y, z, state.lip_f, state.lip_g, opt_state, state.k + 1
+            self._project(x),
+            y,
+            z,
+            state.lip_f,
+            state.lip_g,
+            opt_state,
+            state.k + 1,
+            anchor,
         )
         return new, StepInfo(tree_norm(d))
 
@@ -138,10 +240,14 @@ class F2SA(_AbstractPenaltyAlgorithm):
        `y ← y - α_k (∇_y f(x, y) + λ_k ∇_y g(x, y))`;
     2. `x ← x - β_k [∇_x f(x, y) + λ_k (∇_x g(x, y) - ∇_x g(x, z))]`;
 
-    with fresh minibatches for every gradient. Schedules (`k` from 0):
+    with fresh minibatches for every gradient, except that the two `∇_x g` share
+    one, and step `t` of the `z` and `y` loops share the batch of `∇_y g` (common
+    random numbers: the noise of `y - z`, which `λ` multiplies, largely cancels).
+    Schedules (`k` from 0):
 
     - `λ_k = lambda0 + lambda_growth · k^p`,
-    - `γ_k = lr_inner (k+1)^(-c) / ℓ_g`, `α_k = lr_inner (k+1)^(-c) / (ℓ_f + λ_k ℓ_g)`
+    - `γ_k = lr_inner (k+1)^(-c) / ℓ_g`,
+      `α_k = lr_inner (k+1)^(-c) / (ℓ_f + λ_k ℓ_g)`
       (so `α_k λ_k ≈ γ_k`, and `α_k (ℓ_f + λ_k ℓ_g) < 1`: the `y` update cannot
       diverge as `λ` grows),
     - `β_k = lr_outer (k+1)^(-a)`,
@@ -162,6 +268,9 @@ class F2SA(_AbstractPenaltyAlgorithm):
     - `optimizer`: optional optax transformation for the `x` update, fed the
       direction above (replaces the `β_k` step; e.g. `optax.adam(0.1)` when the
       scales of `x`'s coordinates differ).
+    - `variance_reduction`: `None` or `"svrg"` (see the module docs), with
+      `snapshot_every` steps between anchors (default: one pass over the data).
+      With it, use `noise="none"` (the noise-free schedules).
 
     `result.y` is `z`, the estimate of the inner solution `y*(x)`; the penalised
     iterate `y_λ` is in `result.state.y`.
@@ -178,6 +287,8 @@ class F2SA(_AbstractPenaltyAlgorithm):
     lambda_power: float | None = None
     batch_size: int | None = None
     optimizer: optax.GradientTransformation | None = None
+    variance_reduction: Literal["svrg"] | None = None
+    snapshot_every: int | None = None
 
     def __check_init__(self):
         if self.noise not in _F2SA_EXPONENTS:
@@ -222,6 +333,8 @@ class PenaltyMethod(_AbstractPenaltyAlgorithm):
     - `project`: optional projection of `x` onto a convex set.
     - `optimizer`: optional optax transformation for the `x` update (replaces the
       constant step `lr_outer`).
+    - `variance_reduction`: `None` or `"svrg"` (see the module docs), with
+      `snapshot_every` steps between anchors (default: one pass over the data).
 
     Stochastic form: the `x` direction multiplies the noise of `y` and `z` by `γ`,
     so with constant steps the neighbourhood reached grows with `gamma_max`; use
@@ -240,6 +353,8 @@ class PenaltyMethod(_AbstractPenaltyAlgorithm):
     batch_size: int | None = None
     project: Callable | None = None
     optimizer: optax.GradientTransformation | None = None
+    variance_reduction: Literal["svrg"] | None = None
+    snapshot_every: int | None = None
 
     def _schedule(self, k):
         ramp = jnp.minimum(k / max(self.ramp_steps, 1), 1.0)

@@ -62,3 +62,12 @@ def test_divergence_is_reported_not_returned(algorithm):
     assert res.result == bx.bilevel.RESULTS.diverged
     assert bool(jnp.all(jnp.isfinite(res.x))) and bool(jnp.all(jnp.isfinite(res.y)))
     assert int(res.num_steps) < 300
+
+
+def test_bad_options_are_refused():
+    with pytest.raises(ValueError, match="noise"):
+        bx.bilevel.F2SA(noise="heavy")
+    with pytest.raises(ValueError, match="variance_reduction"):
+        bx.bilevel.PenaltyMethod(variance_reduction="saga")
+    with pytest.raises(ValueError, match="variance_reduction"):
+        bx.bilevel.F2SA(variance_reduction="saga")
