@@ -23,6 +23,7 @@ from typing import Any
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import jax.tree_util as jtu
 import lineax as lx
 from jaxtyping import PyTree
@@ -141,3 +142,43 @@ __all__ = [
     "prox_gradient",
     "stationarity",
 ]
+
+
+def kkt(
+    objective: Callable[..., Any],
+    eq: Callable[..., Any] | None = None,
+    ineq: Callable[..., Any] | None = None,
+) -> OptimalityCondition:
+    r"""KKT conditions of `min_y f(y, θ)` s.t. `c(y, θ) = 0`, `h(y, θ) <= 0`, as a
+    root condition in `(y, multipliers)`:
+
+    $$F = \big(\nabla_y f + G_c^\top λ + G_h^\top μ,\; c,\;
+    \mathrm{where}(μ > 0,\, h,\, μ)\big),$$
+
+    `multipliers = {"eq": λ, "ineq": μ}` (keys present for the constraint kinds
+    given). Active-set aware: an inequality with `μ_i > 0` is held as an equality
+    `h_i = 0`, one with `μ_i = 0` keeps its multiplier at zero (strict
+    complementarity is assumed at the solution). The Jacobian is symmetric
+    indefinite: solve its systems with `lineax.LU()` or GMRES.
+    """
+
+    def fn(z, *params, **kwargs):
+        y, multipliers = z
+
+        def lagrangian(y_):
+            value = objective(y_, *params, **kwargs)
+            if eq is not None:
+                value = value + multipliers["eq"] @ eq(y_, *params, **kwargs)
+            if ineq is not None:
+                value = value + multipliers["ineq"] @ ineq(y_, *params, **kwargs)
+            return value
+
+        out = {}
+        if eq is not None:
+            out["eq"] = eq(y, *params, **kwargs)
+        if ineq is not None:
+            mu = multipliers["ineq"]
+            out["ineq"] = jnp.where(mu > 0, ineq(y, *params, **kwargs), mu)
+        return jax.grad(lagrangian)(y), out
+
+    return OptimalityCondition(fn, frozenset({lx.symmetric_tag}))

@@ -1,5 +1,35 @@
 """Constrained solvers whose solutions are differentiable through their KKT
-conditions (sketched inexact Newton, augmented Lagrangian, randomized sketching
-linear solvers). Nothing is exported yet: see the project issues for the roadmap."""
+conditions.
 
-__all__: list[str] = []
+- `ConstrainedProblem`, `minimize`, `ConstrainedSolution`, `RESULTS`.
+- `SketchedNewton`: sketched inexact Newton-SQP on the exact augmented Lagrangian
+  (Hong, Na, Mahoney, Kolar 2023), for equality constraints.
+- `sketch`: randomized sketching linear solvers (`RandomizedKaczmarz`,
+  `SketchAndProject`, `GaussianSketch`) as lineax solvers.
+"""
+
+from . import sketch as sketch
+from ._minimize import minimize as minimize
+from ._problem import (
+    RESULTS as RESULTS,
+    ConstrainedProblem as ConstrainedProblem,
+    ConstrainedSolution as ConstrainedSolution,
+)
+from ._sketched_newton import SketchedNewton as SketchedNewton
+from .sketch import (
+    GaussianSketch as GaussianSketch,
+    RandomizedKaczmarz as RandomizedKaczmarz,
+    SketchAndProject as SketchAndProject,
+)
+
+__all__ = [
+    "RESULTS",
+    "ConstrainedProblem",
+    "ConstrainedSolution",
+    "GaussianSketch",
+    "RandomizedKaczmarz",
+    "SketchAndProject",
+    "SketchedNewton",
+    "minimize",
+    "sketch",
+]

@@ -1,0 +1,85 @@
+"""`minimize`: the one entry point of the constrained solvers, differentiable with
+respect to `args` through the KKT conditions."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import lineax as lx
+from jaxtyping import PRNGKeyArray, PyTree
+
+from ..implicit import conditions, custom_root
+from ._problem import (
+    RESULTS,
+    ConstrainedProblem,
+    ConstrainedSolution,
+    check_constraint_output as _check_constraint_output,
+)
+from ._sketched_newton import SketchedNewton
+
+
+def _check(problem: ConstrainedProblem, y0, args) -> dict[str, int]:
+    leaves = jtu.tree_leaves(y0)
+    if not leaves or not all(
+        jnp.issubdtype(jnp.result_type(a), jnp.floating) for a in leaves
+    ):
+        raise TypeError("`y0` must be a non-empty pytree of float arrays.")
+    value = jax.eval_shape(problem.objective, y0, args)
+    if not isinstance(value, jax.ShapeDtypeStruct) or value.shape != ():
+        raise ValueError(f"`objective(y, args)` must return a scalar; got {value}.")
+    sizes = {}
+    for name in ("eq", "ineq"):
+        fn = getattr(problem, name)
+        if fn is not None:
+            sizes[name] = _check_constraint_output(fn, name, y0, args)
+    return sizes
+
+
+def minimize(
+    problem: ConstrainedProblem,
+    y0: PyTree,
+    args: PyTree = None,
+    solver=SketchedNewton(),  # noqa: B008
+    *,
+    key: PRNGKeyArray | None = None,
+    throw: bool = False,
+    adjoint_solver: lx.AbstractLinearSolver = lx.LU(),  # noqa: B008
+) -> ConstrainedSolution:
+    r"""Solve `problem` from `y0` with `solver`; derivatives of the solution and
+    multipliers with respect to `args` come from the KKT conditions
+    (`bilevax.implicit.conditions.kkt`, one `adjoint_solver` solve per
+    cotangent/tangent), never from the solver's iterations.
+
+    **Arguments:** `problem` (`ConstrainedProblem`), `y0` (pytree of floats),
+    `args` (pytree passed to every function), `solver` (`SketchedNewton()` by
+    default), `key` (for randomized solvers; default `jax.random.key(0)`), `throw`
+    (raise at run time when the status is not successful), `adjoint_solver`
+    (default `lineax.LU()` on the materialised KKT matrix).
+
+    **Returns:** a `ConstrainedSolution`; check `.result` (`RESULTS.successful`)
+    when `throw=False`.
+    """
+    sizes = _check(problem, y0, args)
+    key = jax.random.key(0) if key is None else key
+    dtype = jnp.result_type(*jtu.tree_leaves(y0))
+    multipliers0 = {k: jnp.zeros(v, dtype) for k, v in sizes.items()}
+    condition = conditions.kkt(problem.objective, problem.eq, problem.ineq)
+
+    @custom_root(condition, adjoint_solver, has_aux=True, throw=False)
+    def solve(z0, args):
+        sol = solver.run(problem, z0[0], args, key)
+        return (sol.y, sol.multipliers), (sol.stats, sol.result)
+
+    (y, multipliers), (stats, result) = solve((y0, multipliers0), args)
+    if throw:
+        y = jtu.tree_map(
+            lambda a: eqx.error_if(
+                a,
+                result != RESULTS.successful,
+                "`minimize` failed: the status in `ConstrainedSolution.result` is not "
+                "successful (no convergence, singular constraints, or NaN). Pass "
+                "`throw=False` to inspect it.",
+            ),
+            y,
+        )
+    return ConstrainedSolution(y, multipliers, stats, result)

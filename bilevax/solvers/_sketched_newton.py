@@ -1,0 +1,233 @@
+r"""Sketched inexact Newton on the exact augmented Lagrangian (Hong, Na, Mahoney,
+Kolar, ICML 2023, "Constrained optimization via exact augmented Lagrangian and
+randomized iterative sketching").
+
+For `min f(y)` subject to `c(y) = 0` (`G = ∂c/∂y`, `L = f + λᵀc`), each iteration
+
+1. stops when the KKT residual `‖(∇_y L, c)‖ <= tol`;
+2. regularises `H = ∇²_y L`: `B = H + (ξ_B + ‖H‖) I` when the reduced Hessian
+   `ZᵀHZ` (`Z` a null-space basis of `G`) has an eigenvalue below `1e-6`;
+3. solves the Newton-KKT system `[[B, Gᵀ], [G, 0]] d = -(∇_y L, c)` by a randomized
+   sketching solver, only to the adaptive accuracy `‖K‖ Ψ ‖r‖ <= θ δ ‖b‖`;
+4. checks that `d` descends the exact augmented-Lagrangian merit
+
+       L_η(y, λ) = f + λᵀc + η1/2 ‖c‖² + η2/2 ‖∇_y L‖²,
+
+   whose gradient `(∇_y L + η1 Gᵀc + η2 ∇²_y L ∇_y L, c + η2 G ∇_y L)` uses the
+   Hessian of the Lagrangian; if not, `η1 ← ν² η1`, `η2 ← η2/ν`, `δ` shrinks and
+   the system is solved more accurately;
+5. takes the Armijo step `α` (halving from 1) on `L_η`.
+
+`η1`, `η2`, `δ` carry over between iterations.
+"""
+
+import equinox as eqx
+import jax
+import jax.flatten_util as jfu
+import jax.numpy as jnp
+import lineax as lx
+from jaxtyping import Array, PRNGKeyArray
+
+from ._problem import RESULTS, ConstrainedProblem, ConstrainedSolution
+from .sketch import AbstractSketchSolver, RandomizedKaczmarz
+
+
+class _State(eqx.Module):
+    y: Array
+    lam: Array
+    eta1: Array
+    eta2: Array
+    delta: Array
+    step: Array
+    sketch_steps: Array
+    kkt: Array
+    singular: Array
+
+
+class SketchedNewton(eqx.Module):
+    """Sketched inexact Newton-SQP with the exact augmented-Lagrangian merit, for
+    equality-constrained problems (see the module docs for the method).
+
+    **Arguments** (defaults of the paper's code):
+
+    - `linear_solver`: a sketching solver (`RandomizedKaczmarz()` by default,
+      `GaussianSketch(...)`, `SketchAndProject(...)`); its `rtol` is replaced by
+      the adaptive accuracy, its `max_steps` caps each solve.
+    - `tol` (1e-4): KKT residual `‖(∇_y L, c)‖₂` at which to stop.
+    - `max_steps` (10,000): Newton iterations.
+    - `eta1` (1), `eta2` (0.1), `delta` (0.1): initial merit and accuracy
+      parameters; `xi_b` (0.1), `beta` (0.1, Armijo), `nu` (1.5), `theta` (1).
+
+    The Hessian of the Lagrangian is exact (autodiff), and `G`, `H` are dense: for
+    problems of up to a few thousand variables.
+    """
+
+    linear_solver: AbstractSketchSolver = RandomizedKaczmarz(max_steps=100_000)
+    tol: float = 1e-4
+    max_steps: int = 10_000
+    eta1: float = 1.0
+    eta2: float = 0.1
+    delta: float = 0.1
+    xi_b: float = 0.1
+    beta: float = 0.1
+    nu: float = 1.5
+    theta: float = 1.0
+
+    def run(
+        self, problem: ConstrainedProblem, y0, args, key: PRNGKeyArray
+    ) -> ConstrainedSolution:
+        if problem.ineq is not None or problem.bounds is not None:
+            raise ValueError(
+                "`SketchedNewton` handles equality constraints only; use "
+                "`AugmentedLagrangian` for inequalities and bounds."
+            )
+        if problem.eq is None:
+            raise ValueError("`SketchedNewton` needs equality constraints (`eq`).")
+        y0_flat, unravel = jfu.ravel_pytree(y0)
+        f = lambda y: problem.objective(unravel(y), args)
+        c = lambda y: problem.eq(unravel(y), args)
+        m = jax.eval_shape(c, y0_flat).shape[0]
+        n = y0_flat.shape[0]
+        dtype = y0_flat.dtype
+        lagrangian = lambda y, lam: f(y) + lam @ c(y)
+        grad_l = jax.grad(lagrangian)
+        hess_l = jax.hessian(lagrangian)
+        jac_c = jax.jacfwd(c)
+
+        def merit(y, lam, eta1, eta2):
+            gl = grad_l(y, lam)
+            cy = c(y)
+            return f(y) + lam @ cy + 0.5 * eta1 * cy @ cy + 0.5 * eta2 * gl @ gl
+
+        merit_grad = jax.grad(merit, argnums=(0, 1))
+
+        def kkt_residual(y, lam):
+            return jnp.linalg.norm(jnp.concatenate([grad_l(y, lam), c(y)]))
+
+        def cond(s: _State):
+            finite = jnp.isfinite(s.kkt)
+            return (s.step < self.max_steps) & (s.kkt > self.tol) & finite & ~s.singular
+
+        def body(s: _State):
+            y, lam = s.y, s.lam
+            gl, cy = grad_l(y, lam), c(y)
+            G = jac_c(y)
+            H = hess_l(y, lam)
+            xi_g = jnp.linalg.eigvalsh(G @ G.T)[0]
+            Q, _ = jnp.linalg.qr(G.T, mode="complete")
+            Z = Q[:, m:]
+            reduced_min = jnp.linalg.eigvalsh(Z.T @ H @ Z)[0] if n > m else jnp.inf
+            norm_h = jnp.linalg.norm(H, 2)
+            B = jnp.where(
+                reduced_min < 1e-6,
+                H + (self.xi_b + norm_h) * jnp.eye(n, dtype=dtype),
+                H,
+            )
+            psi = (
+                20.0
+                * jnp.maximum(jnp.linalg.norm(B, 2) ** 2, 1.0)
+                / (jnp.minimum(xi_g, 1.0) * jnp.minimum(self.xi_b, 1.0))
+            )
+            upsilon = jnp.maximum(jnp.maximum(jnp.linalg.norm(G, 2), norm_h), 1.0)
+            K = jnp.block([[B, G.T], [G, jnp.zeros((m, m), dtype)]])
+            norm_k = jnp.linalg.norm(K, 2)
+            b = -jnp.concatenate([gl, cy])
+            operator = lx.MatrixLinearOperator(K)
+
+            def delta_trial(eta1, eta2):
+                return (
+                    (0.5 - self.beta) * eta2 / ((1 + eta1 + eta2) * upsilon**2 * psi**2)
+                )
+
+            def solve(eta1, eta2, delta, k):
+                solver = eqx.tree_at(
+                    lambda sv: sv.rtol,
+                    self.linear_solver,
+                    self.theta * delta / (norm_k * psi),
+                )
+                sol = lx.linear_solve(
+                    operator, b, solver, options={"key": k}, throw=False
+                )
+                d = sol.value
+                gy, glam = merit_grad(y, lam, eta1, eta2)
+                slope = gy @ d[:n] + glam @ d[n:]
+                return d, slope, sol.stats["num_steps"]
+
+            delta0 = jnp.maximum(
+                1e-6, jnp.minimum(s.delta, delta_trial(s.eta1, s.eta2))
+            )
+            key = jax.random.fold_in(self_key, s.step)
+            d, slope, used = solve(s.eta1, s.eta2, delta0, key)
+            bb = b @ b
+
+            def not_descent(carry):
+                _, slope, _, eta1, eta2, _, _ = carry
+                stuck = (eta1 > 1e8) | (eta2 < 1e-8)
+                return (slope > -0.5 * eta2 * bb) & ~stuck
+
+            def adjust(carry):
+                _, _, used, eta1, eta2, delta, k = carry
+                eta1, eta2 = self.nu**2 * eta1, eta2 / self.nu
+                delta = jnp.maximum(
+                    1e-6, jnp.minimum(delta / self.nu**4, delta_trial(eta1, eta2))
+                )
+                k = jax.random.fold_in(k, 1)
+                d, slope, more = solve(eta1, eta2, delta, k)
+                return d, slope, used + more, eta1, eta2, delta, k
+
+            d, slope, used, eta1, eta2, delta, _ = jax.lax.while_loop(
+                not_descent, adjust, (d, slope, used, s.eta1, s.eta2, delta0, key)
+            )
+            m0 = merit(y, lam, eta1, eta2)
+
+            def armijo_fails(alpha):
+                trial = merit(y + alpha * d[:n], lam + alpha * d[n:], eta1, eta2)
+                ok = trial <= m0 + alpha * self.beta * slope
+                return ~ok & (alpha > 1e-12)
+
+            alpha = jax.lax.while_loop(
+                armijo_fails, lambda a: 0.5 * a, jnp.array(1.0, dtype)
+            )
+            singular = xi_g < 1e-2  # stop here, as the paper's code does
+            y_new = jnp.where(singular, y, y + alpha * d[:n])
+            lam_new = jnp.where(singular, lam, lam + alpha * d[n:])
+            return _State(
+                y_new,
+                lam_new,
+                eta1,
+                eta2,
+                delta,
+                s.step + 1,
+                s.sketch_steps + used,
+                kkt_residual(y_new, lam_new),
+                singular,
+            )
+
+        self_key = key
+        lam0 = jnp.zeros(m, dtype)
+        init = _State(
+            y0_flat,
+            lam0,
+            jnp.array(self.eta1, dtype),
+            jnp.array(self.eta2, dtype),
+            jnp.array(self.delta, dtype),
+            jnp.array(0),
+            jnp.array(0),
+            kkt_residual(y0_flat, lam0),
+            jnp.array(False),
+        )
+        s = jax.lax.while_loop(cond, body, init)
+        result = RESULTS.where(
+            s.kkt <= self.tol, RESULTS.successful, RESULTS.max_steps_reached
+        )
+        result = RESULTS.where(s.singular, RESULTS.singular, result)
+        finite = jnp.isfinite(s.kkt) & jnp.all(jnp.isfinite(s.y))
+        result = RESULTS.where(finite, result, RESULTS.nonfinite)
+        stats = {
+            "num_steps": s.step,
+            "kkt_residual": s.kkt,
+            "sketch_steps": s.sketch_steps,
+            "eta1": s.eta1,
+            "eta2": s.eta2,
+        }
+        return ConstrainedSolution(unravel(s.y), {"eq": s.lam}, stats, result)
