@@ -69,3 +69,35 @@ def test_custom_fixed_point_matches_closed_form():
     assert jnp.allclose(jac, jnp.linalg.inv(jnp.eye(3) - 0.5 * M), rtol=1e-9)
     jac_fwd = jax.jacfwd(solve, argnums=1)(jnp.zeros(3), jnp.ones(3))
     assert jnp.allclose(jac_fwd, jac, rtol=1e-9)
+
+
+def test_kkt_condition_is_active_set_aware():
+    """Projection onto {y : y <= 0, sum(y) = s}: derivatives through the KKT
+    conditions hold active inequalities fixed and free the inactive ones."""
+    f = lambda y, theta, s: 0.5 * jnp.sum((y - theta) ** 2)
+    eq = lambda y, theta, s: jnp.array([jnp.sum(y) - s])
+    ineq = lambda y, theta, s: y  # y <= 0
+    condition = conditions.kkt(f, eq, ineq)
+
+    @custom_root(condition, lx.LU())
+    def solve(z0, theta, s):
+        # closed form for theta = (-1, -2, 3), s = -2.5: y3 is held at 0 and the
+        # others share the remaining sum
+        del z0
+        shift = (s - theta[0] - theta[1]) / 2
+        y = jnp.array([theta[0] + shift, theta[1] + shift, 0.0])
+        nu = -shift
+        mu = jnp.array([0.0, 0.0, theta[2] - nu])
+        return y, {"eq": jnp.array([nu]), "ineq": mu}
+
+    theta, s = jnp.array([-1.0, -2.0, 3.0]), -2.5
+    z0 = (jnp.zeros(3), {"eq": jnp.zeros(1), "ineq": jnp.zeros(3)})
+    y, mult = solve(z0, theta, s)
+    residual = condition((y, mult), theta, s)
+    assert jnp.allclose(residual[0], 0.0, atol=1e-6)
+    assert float(mult["ineq"][2]) > 0  # active
+    jac = jax.jacobian(lambda t: solve(z0, t, s)[0])(theta)
+    expected = jnp.array([[0.5, -0.5, 0.0], [-0.5, 0.5, 0.0], [0.0, 0.0, 0.0]])
+    assert jnp.allclose(jac, expected, atol=1e-6)
+    ds = jax.grad(lambda s_: solve(z0, theta, s_)[0][0])(s)
+    assert jnp.allclose(ds, 0.5, atol=1e-6)
