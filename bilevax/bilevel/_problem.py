@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 from jaxtyping import Array, PyTree
 
-from ..implicit._implicit import _describe
+from ..implicit._implicit import _check_floating, _describe
 
 
 class BilevelProblem(eqx.Module):
@@ -108,21 +108,12 @@ def _scalar_check(fn, name, x, y, batch):
         )
 
 
-def _float_check(tree, name):
-    for leaf in jtu.tree_leaves(tree):
-        if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
-            raise TypeError(
-                f"`{name}` must be a pytree of floating-point arrays; got "
-                f"{_describe(jax.eval_shape(lambda: tree))}."
-            )
-
-
 def check_problem(problem: BilevelProblem, x: Any, y: Any, data: BilevelData) -> None:
     """Clear errors for the usual mistakes, raised at trace time."""
     if not isinstance(problem, BilevelProblem):
         raise TypeError(f"Expected a `BilevelProblem`, got {type(problem).__name__}.")
-    _float_check(x, "x")
-    _float_check(y, "y")
+    _check_floating(x, "x")
+    _check_floating(y, "y")
     inner_n = num_samples(data.inner, "inner")
     outer_n = num_samples(data.outer, "outer")
     one = lambda d, n: None if n is None else jtu.tree_map(lambda a: a[:1], d)

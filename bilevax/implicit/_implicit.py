@@ -55,6 +55,16 @@ def _describe(struct) -> str:
     )
 
 
+def _check_floating(tree, name: str) -> None:
+    """Raise a `TypeError` naming `name` unless every leaf of `tree` is a float."""
+    for leaf in jtu.tree_leaves(tree):
+        if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+            raise TypeError(
+                f"`{name}` must be a pytree of floating-point arrays; got "
+                f"{_describe(jax.eval_shape(lambda: tree))}."
+            )
+
+
 def _check_solution_struct(y_struct, where: str) -> None:
     leaves = jtu.tree_leaves(y_struct)
     if not leaves:

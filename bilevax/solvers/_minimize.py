@@ -9,6 +9,7 @@ import lineax as lx
 from jaxtyping import PRNGKeyArray, PyTree
 
 from ..implicit import conditions, custom_root
+from ..implicit._implicit import _check_floating
 from ._problem import (
     RESULTS,
     ConstrainedProblem,
@@ -19,11 +20,9 @@ from ._sketched_newton import SketchedNewton
 
 
 def _check(problem: ConstrainedProblem, y0, args) -> dict[str, int]:
-    leaves = jtu.tree_leaves(y0)
-    if not leaves or not all(
-        jnp.issubdtype(jnp.result_type(a), jnp.floating) for a in leaves
-    ):
+    if not jtu.tree_leaves(y0):
         raise TypeError("`y0` must be a non-empty pytree of float arrays.")
+    _check_floating(y0, "y0")
     value = jax.eval_shape(problem.objective, y0, args)
     if not isinstance(value, jax.ShapeDtypeStruct) or value.shape != ():
         raise ValueError(f"`objective(y, args)` must return a scalar; got {value}.")

@@ -40,7 +40,8 @@ class _State(eqx.Module):
     delta: Array
     step: Array
     sketch_steps: Array
-    kkt: Array
+    grad_l: Array  # ∇_y L(y, λ)
+    c: Array  # c(y)
     singular: Array
 
 
@@ -101,16 +102,17 @@ class SketchedNewton(eqx.Module):
 
         merit_grad = jax.grad(merit, argnums=(0, 1))
 
-        def kkt_residual(y, lam):
-            return jnp.linalg.norm(jnp.concatenate([grad_l(y, lam), c(y)]))
+        def kkt_residual(s: _State):
+            return jnp.linalg.norm(jnp.concatenate([s.grad_l, s.c]))
 
         def cond(s: _State):
-            finite = jnp.isfinite(s.kkt)
-            return (s.step < self.max_steps) & (s.kkt > self.tol) & finite & ~s.singular
+            kkt = kkt_residual(s)
+            finite = jnp.isfinite(kkt)
+            return (s.step < self.max_steps) & (kkt > self.tol) & finite & ~s.singular
 
         def body(s: _State):
             y, lam = s.y, s.lam
-            gl, cy = grad_l(y, lam), c(y)
+            gl, cy = s.grad_l, s.c
             G = jac_c(y)
             H = hess_l(y, lam)
             xi_g = jnp.linalg.eigvalsh(G @ G.T)[0]
@@ -156,8 +158,8 @@ class SketchedNewton(eqx.Module):
             delta0 = jnp.maximum(
                 1e-6, jnp.minimum(s.delta, delta_trial(s.eta1, s.eta2))
             )
-            key = jax.random.fold_in(self_key, s.step)
-            d, slope, used = solve(s.eta1, s.eta2, delta0, key)
+            step_key = jax.random.fold_in(key, s.step)
+            d, slope, used = solve(s.eta1, s.eta2, delta0, step_key)
             bb = b @ b
 
             def not_descent(carry):
@@ -176,7 +178,7 @@ class SketchedNewton(eqx.Module):
                 return d, slope, used + more, eta1, eta2, delta, k
 
             d, slope, used, eta1, eta2, delta, _ = jax.lax.while_loop(
-                not_descent, adjust, (d, slope, used, s.eta1, s.eta2, delta0, key)
+                not_descent, adjust, (d, slope, used, s.eta1, s.eta2, delta0, step_key)
             )
             m0 = merit(y, lam, eta1, eta2)
 
@@ -199,11 +201,11 @@ class SketchedNewton(eqx.Module):
                 delta,
                 s.step + 1,
                 s.sketch_steps + used,
-                kkt_residual(y_new, lam_new),
+                grad_l(y_new, lam_new),
+                c(y_new),
                 singular,
             )
 
-        self_key = key
         lam0 = jnp.zeros(m, dtype)
         init = _State(
             y0_flat,
@@ -213,19 +215,21 @@ class SketchedNewton(eqx.Module):
             jnp.array(self.delta, dtype),
             jnp.array(0),
             jnp.array(0),
-            kkt_residual(y0_flat, lam0),
+            grad_l(y0_flat, lam0),
+            c(y0_flat),
             jnp.array(False),
         )
         s = jax.lax.while_loop(cond, body, init)
+        kkt = kkt_residual(s)
         result = RESULTS.where(
-            s.kkt <= self.tol, RESULTS.successful, RESULTS.max_steps_reached
+            kkt <= self.tol, RESULTS.successful, RESULTS.max_steps_reached
         )
         result = RESULTS.where(s.singular, RESULTS.singular, result)
-        finite = jnp.isfinite(s.kkt) & jnp.all(jnp.isfinite(s.y))
+        finite = jnp.isfinite(kkt) & jnp.all(jnp.isfinite(s.y))
         result = RESULTS.where(finite, result, RESULTS.nonfinite)
         stats = {
             "num_steps": s.step,
-            "kkt_residual": s.kkt,
+            "kkt_residual": kkt,
             "sketch_steps": s.sketch_steps,
             "eta1": s.eta1,
             "eta2": s.eta2,
