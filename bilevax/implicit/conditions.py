@@ -158,8 +158,9 @@ def kkt(
     `multipliers = {"eq": λ, "ineq": μ}` (keys present for the constraint kinds
     given). Active-set aware: an inequality with `μ_i > 0` is held as an equality
     `h_i = 0`, one with `μ_i = 0` keeps its multiplier at zero (strict
-    complementarity is assumed at the solution). The Jacobian is symmetric
-    indefinite: solve its systems with `lineax.LU()` or GMRES.
+    complementarity is assumed at the solution). The Jacobian is indefinite, and
+    symmetric only without inequalities (an inactive row is not the transpose of
+    its column): solve its systems with `lineax.LU()` or GMRES.
     """
 
     def fn(z, *params, **kwargs):
@@ -181,4 +182,5 @@ def kkt(
             out["ineq"] = jnp.where(mu > 0, ineq(y, *params, **kwargs), mu)
         return jax.grad(lagrangian)(y), out
 
-    return OptimalityCondition(fn, frozenset({lx.symmetric_tag}))
+    tags = frozenset({lx.symmetric_tag}) if ineq is None else frozenset()
+    return OptimalityCondition(fn, tags)

@@ -2,6 +2,8 @@
 conditions.
 
 - `ConstrainedProblem`, `minimize`, `ConstrainedSolution`, `RESULTS`.
+- `AugmentedLagrangian`: the safeguarded augmented-Lagrangian method (PHR,
+  ALGENCAN-style updates) for equality, inequality and bound constraints.
 - `SketchedNewton`: sketched inexact Newton-SQP on the exact augmented Lagrangian
   (Hong, Na, Mahoney, Kolar 2023), for equality constraints.
 - `sketch`: randomized sketching linear solvers (`RandomizedKaczmarz`,
@@ -9,6 +11,7 @@ conditions.
 """
 
 from . import sketch as sketch
+from ._augmented_lagrangian import AugmentedLagrangian as AugmentedLagrangian
 from ._minimize import minimize as minimize
 from ._problem import (
     RESULTS as RESULTS,
@@ -24,6 +27,7 @@ from .sketch import (
 
 __all__ = [
     "RESULTS",
+    "AugmentedLagrangian",
     "ConstrainedProblem",
     "ConstrainedSolution",
     "GaussianSketch",

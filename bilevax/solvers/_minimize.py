@@ -3,6 +3,7 @@ respect to `args` through the KKT conditions."""
 
 import equinox as eqx
 import jax
+import jax.flatten_util as jfu
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import lineax as lx
@@ -15,6 +16,7 @@ from ._problem import (
     ConstrainedProblem,
     ConstrainedSolution,
     check_constraint_output as _check_constraint_output,
+    flat_bounds as _flat_bounds,
 )
 from ._sketched_newton import SketchedNewton
 
@@ -31,7 +33,48 @@ def _check(problem: ConstrainedProblem, y0, args) -> dict[str, int]:
         fn = getattr(problem, name)
         if fn is not None:
             sizes[name] = _check_constraint_output(fn, name, y0, args)
+    y_flat, unravel = jfu.ravel_pytree(y0)
+    if problem.bounds is not None:
+        _flat_bounds(problem, y_flat, unravel)
+        sizes["lower"] = sizes["upper"] = y_flat.shape[0]
     return sizes
+
+
+def _kkt_condition(problem: ConstrainedProblem, y0):
+    """`conditions.kkt` with the bounds as inequalities `l - y <= 0`, `y - u <= 0`
+    (multipliers `"lower"`, `"upper"`; infinite bounds are inactive rows)."""
+    if problem.bounds is None:
+        return conditions.kkt(problem.objective, problem.eq, problem.ineq)
+    y_flat, unravel = jfu.ravel_pytree(y0)
+    lower, upper = _flat_bounds(problem, y_flat, unravel)
+    n = y_flat.shape[0]
+
+    def ineq(y, args):
+        y = jfu.ravel_pytree(y)[0]
+        rows = [jnp.where(jnp.isfinite(lower), lower - y, -1.0)]
+        rows.append(jnp.where(jnp.isfinite(upper), y - upper, -1.0))
+        if problem.ineq is not None:
+            rows.insert(0, problem.ineq(unravel(y), args))
+        return jnp.concatenate(rows)
+
+    combined = conditions.kkt(problem.objective, problem.eq, ineq)
+
+    def fn(z, args):
+        y, multipliers = z
+        mu = [multipliers["lower"], multipliers["upper"]]
+        if problem.ineq is not None:
+            mu.insert(0, multipliers["ineq"])
+        inner = {k: v for k, v in multipliers.items() if k == "eq"}
+        inner["ineq"] = jnp.concatenate(mu)
+        grad, out = combined.fn((y, inner), args)
+        rows = out.pop("ineq")
+        p = rows.shape[0] - 2 * n
+        if problem.ineq is not None:
+            out["ineq"] = rows[:p]
+        out["lower"], out["upper"] = rows[p : p + n], rows[p + n :]
+        return grad, out
+
+    return conditions.OptimalityCondition(fn, combined.tags)
 
 
 def minimize(
@@ -62,7 +105,7 @@ def minimize(
     key = jax.random.key(0) if key is None else key
     dtype = jnp.result_type(*jtu.tree_leaves(y0))
     multipliers0 = {k: jnp.zeros(v, dtype) for k, v in sizes.items()}
-    condition = conditions.kkt(problem.objective, problem.eq, problem.ineq)
+    condition = _kkt_condition(problem, y0)
 
     @custom_root(condition, adjoint_solver, has_aux=True, throw=False)
     def solve(z0, args):

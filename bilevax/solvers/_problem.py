@@ -6,6 +6,7 @@ import equinox as eqx
 import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, PyTree
 
 
@@ -19,6 +20,10 @@ class RESULTS(eqxi.Enumeration):
     singular = (
         "The constraint Jacobian is (numerically) rank deficient at an iterate: "
         "the Newton-KKT system is singular. Remove redundant constraints."
+    )
+    infeasible = (
+        "The constraints could not be satisfied: the penalty grew past its limit "
+        "with the iterate still infeasible (the problem is probably infeasible)."
     )
     nonfinite = "The objective, the constraints or an iterate became NaN or infinite."
 
@@ -68,3 +73,36 @@ def check_constraint_output(fn, name: str, y, args) -> int:
     if not jnp.issubdtype(out.dtype, jnp.floating):
         raise TypeError(f"`{name}(y, args)` must return floats; got {out.dtype}.")
     return out.shape[0]
+
+
+def flat_bounds(problem: ConstrainedProblem, y_flat: Array, unravel) -> tuple:
+    """`problem.bounds` as two flat arrays like `y_flat` (`∓inf` where there are
+    none), checked for structure and, when concrete, for `lower <= upper`."""
+    inf = jnp.full_like(y_flat, jnp.inf)
+    if problem.bounds is None:
+        return -inf, inf
+    if not isinstance(problem.bounds, tuple | list) or len(problem.bounds) != 2:
+        raise ValueError("`bounds` must be a pair `(lower, upper)`.")
+    y_leaves = jax.tree_util.tree_leaves(unravel(y_flat))
+    flat = []
+    for name, bound in zip(("lower", "upper"), problem.bounds, strict=True):
+        leaves = jax.tree_util.tree_leaves(bound)
+        try:
+            if len(leaves) != len(y_leaves):
+                raise ValueError(f"{len(leaves)} leaves for {len(y_leaves)} in `y0`")
+            parts = [
+                jnp.ravel(jnp.broadcast_to(jnp.asarray(b, y_flat.dtype), jnp.shape(y)))
+                for b, y in zip(leaves, y_leaves, strict=True)
+            ]
+        except ValueError as e:
+            raise ValueError(
+                f"`bounds` must be `(lower, upper)`, each a pytree like `y0` (leaves "
+                f"broadcastable to its leaves); the {name} bound does not fit: {e}"
+            ) from None
+        flat.append(jnp.concatenate(parts))
+    lower, upper = flat
+    concrete = not isinstance(lower, jax.core.Tracer)
+    concrete = concrete and not isinstance(upper, jax.core.Tracer)
+    if concrete and np.any(np.asarray(lower) > np.asarray(upper)):
+        raise ValueError("`bounds`: some lower bound exceeds its upper bound.")
+    return lower, upper

@@ -21,6 +21,8 @@ For `min f(y)` subject to `c(y) = 0` (`G = ∂c/∂y`, `L = f + λᵀc`), each i
 `η1`, `η2`, `δ` carry over between iterations.
 """
 
+from typing import Literal
+
 import equinox as eqx
 import jax
 import jax.flatten_util as jfu
@@ -30,6 +32,22 @@ from jaxtyping import Array, PRNGKeyArray
 
 from ._problem import RESULTS, ConstrainedProblem, ConstrainedSolution
 from .sketch import AbstractSketchSolver, RandomizedKaczmarz
+
+
+def _damped_bfgs(B: Array, s: Array, r: Array) -> Array:
+    """BFGS update of `B` from the step `s` and gradient change `r`, with Powell's
+    damping (`r` pulled towards `Bs` until `sᵀr >= 0.2 sᵀBs`)."""
+    Bs = B @ s
+    sBs = s @ Bs
+    sr = s @ r
+    theta = jnp.where(sr >= 0.2 * sBs, 1.0, 0.8 * sBs / (sBs - sr))
+    r = theta * r + (1 - theta) * Bs
+    sr = s @ r
+    safe = sBs > 1e-12 * jnp.maximum(1.0, s @ s)
+    update = jnp.outer(r, r) / jnp.where(safe, sr, 1.0) - jnp.outer(Bs, Bs) / jnp.where(
+        safe, sBs, 1.0
+    )
+    return jnp.where(safe, B + update, B)
 
 
 class _State(eqx.Module):
@@ -43,6 +61,7 @@ class _State(eqx.Module):
     grad_l: Array  # ∇_y L(y, λ)
     c: Array  # c(y)
     singular: Array
+    hessian: Array  # the BFGS approximation of ∇²_y L (unused when exact)
 
 
 class SketchedNewton(eqx.Module):
@@ -59,8 +78,13 @@ class SketchedNewton(eqx.Module):
     - `eta1` (1), `eta2` (0.1), `delta` (0.1): initial merit and accuracy
       parameters; `xi_b` (0.1), `beta` (0.1, Armijo), `nu` (1.5), `theta` (1).
 
-    The Hessian of the Lagrangian is exact (autodiff), and `G`, `H` are dense: for
-    problems of up to a few thousand variables.
+    - `hessian` (`"exact"`): `H = ∇²_y L` by autodiff, or `"bfgs"` for a damped
+      BFGS approximation (Powell's damping keeps it positive definite) built from
+      the steps, which saves the `n` Hessian-vector products per iteration. The
+      merit's gradient always uses the exact `∇²_y L ∇_y L` (one Hessian-vector
+      product), as the method requires.
+
+    `G` and `H` are dense: for problems of up to a few thousand variables.
     """
 
     linear_solver: AbstractSketchSolver = RandomizedKaczmarz(max_steps=100_000)
@@ -73,6 +97,13 @@ class SketchedNewton(eqx.Module):
     beta: float = 0.1
     nu: float = 1.5
     theta: float = 1.0
+    hessian: Literal["exact", "bfgs"] = "exact"
+
+    def __check_init__(self):
+        if self.hessian not in ("exact", "bfgs"):
+            raise ValueError(
+                f"`hessian` must be 'exact' or 'bfgs'; got {self.hessian!r}."
+            )
 
     def run(
         self, problem: ConstrainedProblem, y0, args, key: PRNGKeyArray
@@ -114,7 +145,7 @@ class SketchedNewton(eqx.Module):
             y, lam = s.y, s.lam
             gl, cy = s.grad_l, s.c
             G = jac_c(y)
-            H = hess_l(y, lam)
+            H = hess_l(y, lam) if self.hessian == "exact" else s.hessian
             xi_g = jnp.linalg.eigvalsh(G @ G.T)[0]
             Q, _ = jnp.linalg.qr(G.T, mode="complete")
             Z = Q[:, m:]
@@ -193,6 +224,11 @@ class SketchedNewton(eqx.Module):
             singular = xi_g < 1e-2  # stop here, as the paper's code does
             y_new = jnp.where(singular, y, y + alpha * d[:n])
             lam_new = jnp.where(singular, lam, lam + alpha * d[n:])
+            gl_new = grad_l(y_new, lam_new)
+            if self.hessian == "bfgs":
+                B = _damped_bfgs(s.hessian, y_new - y, gl_new - grad_l(y, lam_new))
+            else:
+                B = s.hessian
             return _State(
                 y_new,
                 lam_new,
@@ -201,9 +237,10 @@ class SketchedNewton(eqx.Module):
                 delta,
                 s.step + 1,
                 s.sketch_steps + used,
-                grad_l(y_new, lam_new),
+                gl_new,
                 c(y_new),
                 singular,
+                B,
             )
 
         lam0 = jnp.zeros(m, dtype)
@@ -218,6 +255,7 @@ class SketchedNewton(eqx.Module):
             grad_l(y0_flat, lam0),
             c(y0_flat),
             jnp.array(False),
+            jnp.eye(n if self.hessian == "bfgs" else 0, dtype=dtype),
         )
         s = jax.lax.while_loop(cond, body, init)
         kkt = kkt_residual(s)

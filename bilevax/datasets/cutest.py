@@ -1,0 +1,108 @@
+"""CUTEst test problems from the PyPI package `sif2jax`, as `ConstrainedProblem`s.
+
+sif2jax writes a problem as `objective(y, args)`, `constraint(y) -> (eq, ineq)` with
+inequalities `ineq >= 0`, and optional `bounds`; `load` turns it into bilevax's
+convention (`ineq(y, args) <= 0`, i.e. the negated sif2jax inequalities, and
+`bounds=(lower, upper)`).
+
+Caveat (sif2jax 0.0.8): some problems still return pycutest's raw values, where an
+`L`-type row means `row <= 0` and a ranged row keeps only one side. `load` corrects
+the rows listed in `_LESS_EQUAL_ROWS` (checked against the Hock-Schittkowski book);
+other problems with such rows (HS83, HS93, HS104 among them) are not the book's
+problems, and their recorded optimal values do not apply.
+"""
+
+import equinox as eqx
+import jax.flatten_util as jfu
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import numpy as np
+from jaxtyping import Array, PyTree
+
+from ..solvers import ConstrainedProblem
+
+
+class CUTEstProblem(eqx.Module):
+    """A CUTEst problem ready for `bilevax.solvers.minimize`.
+
+    - `name`: the SIF name (`"HS71"`).
+    - `problem`: the `ConstrainedProblem`.
+    - `y0`: the standard starting point; `args`: the problem's arguments.
+    - `expected_objective`: the optimal objective value sif2jax records (`None`
+      when it records none).
+    - `sizes`: `(n, m_eq, m_ineq, n_bounds)` (finite bounds counted).
+    """
+
+    name: str = eqx.field(static=True)
+    problem: ConstrainedProblem
+    y0: PyTree[Array]
+    args: PyTree
+    expected_objective: float | None = eqx.field(static=True)
+    sizes: tuple[int, int, int, int] = eqx.field(static=True)
+
+
+def _sif2jax():
+    try:
+        import sif2jax.cutest
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "CUTEst problems come from the PyPI package `sif2jax`: "
+            "`pip install sif2jax` (or `pip install 'bilevax[test]'`)."
+        ) from e
+    return sif2jax.cutest
+
+
+# rows that sif2jax 0.0.8 returns as `row <= 0` (pycutest's L-type convention)
+_LESS_EQUAL_ROWS = {"HS76": (0, 1)}
+
+
+def _flat(tree) -> Array:
+    return jfu.ravel_pytree(tree)[0]
+
+
+def load(name: str) -> CUTEstProblem:
+    """The CUTEst problem `name` (e.g. `"HS71"`, `"BT2"`, `"TRIGON1NE"`) from
+    sif2jax, with its standard starting point.
+
+    Raises `KeyError` for a name sif2jax does not have, and `ValueError` for an
+    unconstrained problem without bounds (nothing for a constrained solver to do).
+    """
+    source = _sif2jax().get_problem(name)
+    if source is None:
+        raise KeyError(f"sif2jax has no CUTEst problem called {name!r}.")
+    y0 = source.y0
+    constraint = getattr(source, "constraint", None)
+    eq = ineq = None
+    m_eq = m_ineq = 0
+    if constraint is not None:
+        eq_out, ineq_out = constraint(y0)
+        if eq_out is not None:
+            eq = lambda y, args: _flat(constraint(y)[0])
+            m_eq = _flat(eq_out).size
+        if ineq_out is not None:
+            m_ineq = _flat(ineq_out).size
+            sign = np.ones(m_ineq)
+            sign[list(_LESS_EQUAL_ROWS.get(name, ()))] = -1.0
+
+            def ineq(y, args):
+                out = _flat(constraint(y)[1])
+                return -jnp.asarray(sign, out.dtype) * out
+
+    bounds = getattr(source, "bounds", None)
+    n_bounds = 0
+    if bounds is not None:
+        lower, upper = (jtu.tree_map(jnp.asarray, b) for b in bounds)
+        n_bounds = int(jnp.sum(jnp.isfinite(_flat(lower))))
+        n_bounds += int(jnp.sum(jnp.isfinite(_flat(upper))))
+        bounds = (lower, upper) if n_bounds else None
+    if eq is None and ineq is None and bounds is None:
+        raise ValueError(f"{name} is unconstrained: use an unconstrained minimiser.")
+    expected = source.expected_objective_value
+    return CUTEstProblem(
+        name=name,
+        problem=ConstrainedProblem(source.objective, eq=eq, ineq=ineq, bounds=bounds),
+        y0=y0,
+        args=source.args,
+        expected_objective=None if expected is None else float(expected),
+        sizes=(_flat(y0).size, m_eq, m_ineq, n_bounds),
+    )
