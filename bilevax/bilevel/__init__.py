@@ -5,12 +5,17 @@
 - `hypergradient`: `dF/dx` by the implicit function theorem (CG, Neumann, GMRES,
   ...) or by back-propagation through the inner solver (unrolled, truncated).
 - Algorithms, each with `init`/`step`/`run` returning a `BilevelResult`:
-  `HypergradientDescent`, `HOAG`, `F2SA`, `PenaltyMethod`.
-- Inner solvers: `GradientDescent`, `LBFGS`.
+  `HypergradientDescent`, `HOAG`, `F2SA`, `PenaltyMethod`, and `LVHBA` for
+  lower levels with constraints `inner_constraints(x, y) <= 0`.
+- `sets`: convex sets by their projections (`Box`, `Ball`, `Simplex`, ...).
+- Inner solvers: `GradientDescent`, `LBFGS`, and `ConstrainedInner` (a
+  `bilevax.solvers` solve, differentiated through its KKT conditions).
 - `sample_batch`: minibatches drawn inside `jit`.
 """
 
+from . import sets as sets
 from ._hypergradient import (
+    ConstrainedInner as ConstrainedInner,
     HypergradientStats as HypergradientStats,
     hypergradient as hypergradient,
 )
@@ -23,6 +28,7 @@ from ._inner import (
     AbstractInnerSolver as AbstractInnerSolver,
     GradientDescent as GradientDescent,
 )
+from ._lvhba import LVHBA as LVHBA, coupled_projection as coupled_projection
 from ._penalty import F2SA as F2SA, PenaltyMethod as PenaltyMethod
 from ._problem import (
     BilevelData as BilevelData,
@@ -41,18 +47,22 @@ __all__ = [
     "F2SA",
     "HOAG",
     "LBFGS",
+    "LVHBA",
     "RESULTS",
     "AbstractBilevelAlgorithm",
     "AbstractInnerSolver",
     "BilevelData",
     "BilevelProblem",
     "BilevelResult",
+    "ConstrainedInner",
     "GradientDescent",
     "History",
     "HypergradientDescent",
     "HypergradientStats",
     "PenaltyMethod",
     "StepInfo",
+    "coupled_projection",
     "hypergradient",
     "sample_batch",
+    "sets",
 ]

@@ -18,8 +18,50 @@ from ..implicit import ImplicitAdjoint, conditions, iterate, root_vjp
 from ..implicit._iterate import AbstractIterateAdjoint
 from ..implicit._linear_solve import CG, default_tolerance
 from ..implicit._tree import tree_norm
+from ..solvers import AugmentedLagrangian, ConstrainedProblem, minimize
 from ._inner import AbstractInnerSolver, GradientDescent
 from ._problem import BilevelProblem, as_data, check_problem
+
+
+class ConstrainedInner(eqx.Module):
+    """Inner solver for a lower level with constraints: `problem.inner_constraints`
+    (`c(x, y) <= 0`), `problem.inner_equalities` (`e(x, y) = 0`) and optional
+    `bounds` on `y`, solved by `bilevax.solvers.minimize` with `solver`; the
+    hypergradient goes through the KKT conditions of the lower level (active-set
+    aware; strict complementarity assumed), whatever `adjoint` is given.
+
+    **Arguments:** `solver` (default `bilevax.solvers.AugmentedLagrangian()`),
+    `bounds` (`(lower, upper)` like `y`, or `None`).
+    """
+
+    solver: eqx.Module = AugmentedLagrangian()
+    bounds: tuple | None = None
+
+
+def _constrained_hypergradient(problem, f, g, x, y0, inner: ConstrainedInner):
+    swap = lambda fn: None if fn is None else (lambda y_, x_: fn(x_, y_))
+    lower_level = ConstrainedProblem(
+        lambda y_, x_: g(x_, y_),
+        eq=swap(problem.inner_equalities),
+        ineq=swap(problem.inner_constraints),
+        bounds=inner.bounds,
+    )
+
+    def outer_loss(x_):
+        sol = minimize(lower_level, jax.lax.stop_gradient(y0), x_, inner.solver)
+        return f(x_, sol.y), sol
+
+    (value, sol), grad = jax.value_and_grad(outer_loss, has_aux=True)(x)
+    dtype = jnp.result_type(*jtu.tree_leaves(y0))
+    zero = jnp.zeros((), dtype)
+    stats = HypergradientStats(
+        sol.stats["num_steps"],
+        sol.stats["kkt_residual"].astype(dtype),
+        jnp.array(0),
+        zero,
+        lx.RESULTS.successful,
+    )
+    return value, grad, jax.lax.stop_gradient(sol.y), stats
 
 
 class HypergradientStats(eqx.Module):
@@ -57,8 +99,9 @@ def hypergradient(
     - `problem`: a `BilevelProblem`.
     - `x`: outer variables; `y0`: start of the inner solver (warm or cold start is
       the caller's choice).
-    - `inner_solver`: `GradientDescent(...)` (default) or `LBFGS(...)` (implicit
-      only).
+    - `inner_solver`: `GradientDescent(...)` (default), `LBFGS(...)` (implicit
+      only) or `ConstrainedInner(...)` for a lower level with constraints
+      (derivatives through its KKT conditions).
     - `adjoint`: `ImplicitAdjoint(linear_solver)` (default; `linear_solver=None`
       means conjugate gradients), `UnrolledAdjoint(...)` or `TruncatedAdjoint(K)`.
       `ImplicitAdjoint.condition` is ignored: the condition is `∇_y g = 0`.
@@ -74,6 +117,8 @@ def hypergradient(
     check_problem(problem, x, y0, data)
     g = lambda x_, y_: problem.inner(x_, y_, data.inner)
     f = lambda x_, y_: problem.outer(x_, y_, data.outer)
+    if isinstance(inner_solver, ConstrainedInner):
+        return _constrained_hypergradient(problem, f, g, x, y0, inner_solver)
     grad_y_g = jax.grad(g, argnums=1)
 
     if isinstance(adjoint, ImplicitAdjoint):

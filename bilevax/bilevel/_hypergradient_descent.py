@@ -23,7 +23,7 @@ from ..implicit import ImplicitAdjoint
 from ..implicit._iterate import AbstractIterateAdjoint
 from ..implicit._linear_solve import CG
 from ..implicit._tree import tree_norm
-from ._hypergradient import hypergradient
+from ._hypergradient import ConstrainedInner, hypergradient
 from ._inner import AbstractInnerSolver, GradientDescent
 from ._problem import BilevelData, sample_batch
 from ._run import AbstractBilevelAlgorithm, StepInfo
@@ -55,7 +55,8 @@ class HypergradientDescent(AbstractBilevelAlgorithm):
 
     - `optimizer`: optax transformation of the outer update (default
       `optax.adam(1e-2)`).
-    - `inner_solver`: `GradientDescent(...)` (default) or `LBFGS(...)`.
+    - `inner_solver`: `GradientDescent(...)` (default), `LBFGS(...)`, or
+      `ConstrainedInner(...)` for a lower level with constraints.
     - `adjoint`: `ImplicitAdjoint(linear_solver)` (default, CG), `UnrolledAdjoint()`
       or `TruncatedAdjoint(K)`.
     - `warm_start`: start each inner solve from the previous inner solution (True)
@@ -68,7 +69,7 @@ class HypergradientDescent(AbstractBilevelAlgorithm):
     """
 
     optimizer: optax.GradientTransformation = optax.adam(1e-2)
-    inner_solver: AbstractInnerSolver = GradientDescent()  # noqa: RUF009
+    inner_solver: AbstractInnerSolver | ConstrainedInner = GradientDescent()  # noqa: RUF009
     adjoint: AbstractIterateAdjoint = ImplicitAdjoint()  # noqa: RUF009
     warm_start: bool = True
     batch_size: int | None = None

@@ -27,8 +27,10 @@ class BilevelProblem(eqx.Module):
     - `outer`: `f(x, y, batch) -> scalar`, the upper-level (e.g. validation) loss.
     - `inner`: `g(x, y, batch) -> scalar`, the lower-level (e.g. training) loss,
       minimised over `y`.
-    - `inner_constraints`: optional `c(x, y) -> array`, constraints `c <= 0` of the
-      lower level (used by constrained-lower-level algorithms).
+    - `inner_constraints`: optional `c(x, y) -> (p,) array`, constraints `c <= 0`
+      of the lower level, which may couple `x` and `y` (used by `LVHBA`).
+    - `inner_equalities`: optional `e(x, y) -> (m,) array`, constraints `e = 0` of
+      the lower level.
 
     `x` and `y` may be any pytrees of floating-point arrays. `batch` is a minibatch
     (or the whole) of the corresponding level's data, `None` when the level has no
@@ -38,6 +40,7 @@ class BilevelProblem(eqx.Module):
     outer: Callable[..., Array]
     inner: Callable[..., Array]
     inner_constraints: Callable[..., Array] | None = None
+    inner_equalities: Callable[..., Array] | None = None
 
 
 class BilevelData(eqx.Module):

@@ -1,0 +1,254 @@
+r"""LV-HBA (Yao, Yu, Zeng, Zhang, ICLR 2024, "Constrained bi-level optimization:
+proximal Lagrangian value function approach and Hessian-free algorithm").
+
+For `min_{x ∈ X, y ∈ Y} f(x, y)` subject to
+`y ∈ argmin_{θ ∈ Y} {g(x, θ) : c(x, θ) <= 0}`, the proximal Lagrangian value function
+
+    v_γ(x, y, z) = min_{θ ∈ Y} max_{λ >= 0} g(x, θ) + λᵀc(x, θ) + ‖θ - y‖²/(2γ1)
+                   - ‖λ - z‖²/(2γ2)
+
+is smooth, `g - v_γ >= 0` on the feasible set `C = {(x, y) ∈ X × Y : c(x, y) <= 0}`,
+and LV-HBA runs single-loop projected gradient steps on `f/c_k + g - v_γ`, tracking
+the inner `(θ, λ)` of `v_γ` by one projected gradient step each (first-order
+oracles only, no Hessians):
+
+1. `θ ← P_Y(θ - η d_θ)`, `λ ← P_Z(λ - η d_λ)` with
+   `d_θ = ∇_θ g(x, θ) + ∇_θ c(x, θ)ᵀλ + (θ - y)/γ1`, `d_λ = -c(x, θ) + (λ - z)/γ2`;
+2. `(x, y) ← P_C((x, y) - α (d_x, d_y))` with
+   `d_x = ∇_x f/c_k + ∇_x g(x, y) - ∇_x g(x, θ) - ∇_x c(x, θ)ᵀλ`,
+   `d_y = ∇_y f/c_k + ∇_y g(x, y) - (y - θ)/γ1`;
+3. `z ← P_Z(z - β (z - λ)/γ2)`;
+
+`c_k = penalty (k + 1)^power` with `power ∈ (0, 1/2)`. Lower-level equalities
+`e(x, θ) = 0` enter like the inequalities with free multipliers. The multiplier set
+is the box `Z = [0, r]` per inequality and `[-r, r]` per equality
+(`r = multiplier_radius`), as the authors' code clips, instead of the paper's ball.
+`γ` divides, as in the paper (some of the authors' scripts multiply).
+"""
+
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.flatten_util as jfu
+import jax.numpy as jnp
+import jax.tree_util as jtu
+from jaxtyping import Array, PyTree
+
+from ..implicit._tree import tree_norm
+from ..solvers import RESULTS, AugmentedLagrangian, ConstrainedProblem, minimize
+from ._problem import BilevelData, BilevelProblem, sample_batch
+from ._run import AbstractBilevelAlgorithm, StepInfo
+from .sets import AbstractSet, Everything
+
+
+class _LVHBAState(eqx.Module):
+    x: PyTree[Array]
+    y: PyTree[Array]
+    theta: PyTree[Array]  # the inner variable of v_γ
+    lam: Array  # its multiplier
+    z: Array  # the proximal centre of the multiplier
+    k: Array
+
+
+def _axpy(a, x, y):
+    return jtu.tree_map(lambda u, v: v + a * u, x, y)
+
+
+def coupled_projection(
+    constraint: Callable | None,
+    outer_set: AbstractSet,
+    inner_set: AbstractSet,
+    equality: Callable | None = None,
+    solver: AugmentedLagrangian = AugmentedLagrangian(tol=1e-9),  # noqa: B008
+) -> Callable:
+    """The Euclidean projection onto
+    `C = {(x, y) ∈ X × Y : c(x, y) <= 0, e(x, y) = 0}`.
+
+    Without `constraint` and `equality` it is `(P_X(x), P_Y(y))`; otherwise it
+    solves `min ½‖(x', y') - (x, y)‖²` over `C` with `solver` (the sets enter as
+    bounds or constraints, see `sets.AbstractSet.constraints`), from
+    `(P_X(x), P_Y(y))`. Not differentiated (LV-HBA only needs its value).
+    """
+    if constraint is None and equality is None:
+        return lambda x, y: (outer_set.project(x), inner_set.project(y))
+
+    def project(x, y):
+        start = (outer_set.project(x), inner_set.project(y))
+        target, unravel = jfu.ravel_pytree((x, y))
+        w0 = jfu.ravel_pytree(start)[0]
+        nx = jfu.ravel_pytree(x)[0].size
+        cx, cy = outer_set.constraints(x), inner_set.constraints(y)
+        inf = jnp.full_like(target, jnp.inf)
+        lower, upper = -inf, inf
+        for part, sl in ((cx, slice(0, nx)), (cy, slice(nx, None))):
+            if part.bounds is not None:
+                lower = lower.at[sl].set(part.bounds[0])
+                upper = upper.at[sl].set(part.bounds[1])
+        parts = ((cx, slice(0, nx)), (cy, slice(nx, None)))
+        pieces_eq = [(part.eq, sl) for part, sl in parts if part.eq is not None]
+        pieces_in = [(part.ineq, sl) for part, sl in parts if part.ineq is not None]
+
+        if constraint is not None:
+            pieces_in.insert(0, (constraint, None))
+        if equality is not None:
+            pieces_eq.insert(0, (equality, None))
+
+        def rows(pieces, w):
+            return jnp.concatenate(
+                [
+                    jfu.ravel_pytree(f(*unravel(w)) if sl is None else f(w[sl]))[0]
+                    for f, sl in pieces
+                ]
+            )
+
+        ineq = (lambda w, _: rows(pieces_in, w)) if pieces_in else None
+        eq = (lambda w, _: rows(pieces_eq, w)) if pieces_eq else None
+        bounded = cx.bounds is not None or cy.bounds is not None
+        problem = ConstrainedProblem(
+            lambda w, t: 0.5 * jnp.sum((w - t) ** 2),
+            eq=eq,
+            ineq=ineq,
+            bounds=(lower, upper) if bounded else None,
+        )
+        sol = minimize(problem, w0, jax.lax.stop_gradient(target), solver)
+        failed = (sol.result == RESULTS.infeasible) | (sol.result == RESULTS.nonfinite)
+        w = eqx.error_if(
+            jax.lax.stop_gradient(sol.y),
+            failed,
+            "The projection onto the feasible set C = {(x, y) in X x Y: c(x, y) <= 0, "
+            "e(x, y) = 0} failed: the constraints are infeasible (or NaN).",
+        )
+        return unravel(w)
+
+    return project
+
+
+class LVHBA(AbstractBilevelAlgorithm):
+    r"""LV-HBA: single-loop, Hessian-free bilevel optimisation with a constrained
+    lower level (see the module docs for the updates).
+
+    The problem's `inner_constraints(x, y) -> (p,)` are the lower-level constraints
+    `c(x, y) <= 0` and `inner_equalities(x, y) -> (m,)` its equalities, which may
+    couple `x` and `y`; without them the method still applies (`λ` is then
+    empty).
+
+    **Arguments** (defaults: the authors' toy-problem settings):
+
+    - `alpha` (0.008): step of `(x, y)`; `beta` (0.02): step of `z`; `eta` (0.01):
+      step of `(θ, λ)`.
+    - `gamma1`, `gamma2` (10): proximal parameters of `v_γ`.
+    - `penalty` (0.025), `power` (0.3): `c_k = penalty (k+1)^power`.
+    - `multiplier_radius` (1e3): bound `r` of the multiplier set `Z`.
+    - `multiplier0` (0): starting `λ` and `z` (projected onto `Z`).
+    - `outer_set`, `inner_set`: `X` and `Y` (`sets.Box`, `sets.Ball`,
+      `sets.Simplex`, `sets.NonNegative`, `sets.Projection`, default the whole
+      space).
+    - `projection`: optional `(x, y) -> (x, y)` onto `C`; by default
+      `coupled_projection` (closed form without coupling constraints, an
+      augmented-Lagrangian solve with them).
+    - `batch_size`: minibatch size for the stochastic form (`None`: full data).
+
+    The state starts from `(x0, y0)` projected onto `C`, `θ0 = y0`.
+    """
+
+    alpha: float = 0.008
+    beta: float = 0.02
+    eta: float = 0.01
+    gamma1: float = 10.0
+    gamma2: float = 10.0
+    penalty: float = 0.025
+    power: float = 0.3
+    multiplier_radius: float = 1e3
+    multiplier0: float = 0.0
+    outer_set: AbstractSet = Everything()
+    inner_set: AbstractSet = Everything()
+    projection: Callable | None = None
+    batch_size: int | None = None
+
+    def __check_init__(self):
+        if not 0 < self.power < 0.5:
+            raise ValueError(f"`power` must lie in (0, 1/2), got {self.power}.")
+        for name in ("alpha", "beta", "eta", "gamma1", "gamma2", "penalty"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"`{name}` must be positive.")
+
+    def _project_c(self, problem: BilevelProblem):
+        if self.projection is not None:
+            return self.projection
+        return coupled_projection(
+            problem.inner_constraints,
+            self.outer_set,
+            self.inner_set,
+            problem.inner_equalities,
+        )
+
+    def _constraint(self, problem, x, y):
+        """`(e(x, y), c(x, y))` as one vector (equalities first)."""
+        rows = [jnp.zeros(0, jnp.result_type(*jtu.tree_leaves(y)))]
+        for fn in (problem.inner_equalities, problem.inner_constraints):
+            if fn is not None:
+                rows.append(jfu.ravel_pytree(fn(x, y))[0])
+        return jnp.concatenate(rows)
+
+    def _multiplier_projection(self, problem, x, y):
+        """`P_Z`: `[-r, r]` on the equality rows, `[0, r]` on the inequality rows."""
+        m = 0
+        if problem.inner_equalities is not None:
+            m = jax.eval_shape(problem.inner_equalities, x, y).shape[0]
+        p = self._constraint(problem, x, y).shape[0]
+        r = self.multiplier_radius
+        lower = jnp.where(jnp.arange(p) < m, -r, 0.0)
+        return lambda v: jnp.clip(v, lower, r)
+
+    def init(self, problem, x0, y0, data, key):
+        x, y = self._project_c(problem)(x0, y0)
+        p = self._constraint(problem, x, y).shape[0]
+        dtype = jnp.result_type(*jtu.tree_leaves(y))
+        project = self._multiplier_projection(problem, x, y)
+        lam = project(jnp.full((p,), self.multiplier0, dtype))
+        return _LVHBAState(x, y, y, lam, lam, jnp.array(0))
+
+    def iterates(self, state):
+        return state.x, state.y
+
+    def step(self, problem, state: _LVHBAState, data: BilevelData, key: Array):
+        """One LV-HBA iteration (see the module docs)."""
+        x, y, theta, lam, z = state.x, state.y, state.theta, state.lam, state.z
+        dtype = jnp.result_type(*jtu.tree_leaves(x))
+        c_k = self.penalty * (state.k.astype(dtype) + 1) ** self.power
+        k_inner, k_theta, k_outer = jax.random.split(key, 3)
+        inner_batch = sample_batch(data.inner, k_inner, self.batch_size)
+        theta_batch = sample_batch(data.inner, k_theta, self.batch_size)
+        outer_batch = sample_batch(data.outer, k_outer, self.batch_size)
+        g = problem.inner
+        constraint = lambda x, t: self._constraint(problem, x, t)
+
+        def lagrangian(x, t, lam):  # g + λᵀc at the inner variable θ
+            return g(x, t, theta_batch) + lam @ constraint(x, t)
+
+        # 1. one projected step on (θ, λ) at the old point
+        d_theta = _axpy(
+            1 / self.gamma1,
+            jtu.tree_map(jnp.subtract, theta, y),
+            jax.grad(lagrangian, argnums=1)(x, theta, lam),
+        )
+        d_lam = -constraint(x, theta) + (lam - z) / self.gamma2
+        theta = self.inner_set.project(_axpy(-self.eta, d_theta, theta))
+        project_z = self._multiplier_projection(problem, x, y)
+        lam = project_z(lam - self.eta * d_lam)
+        # 2. projected step on (x, y) with the new θ, λ
+        fx, fy = jax.grad(problem.outer, argnums=(0, 1))(x, y, outer_batch)
+        gx, gy = jax.grad(g, argnums=(0, 1))(x, y, inner_batch)
+        lx = jax.grad(lagrangian, argnums=0)(x, theta, lam)
+        d_x = jtu.tree_map(lambda a, b, c: a / c_k + b - c, fx, gx, lx)
+        d_y = jtu.tree_map(
+            lambda a, b, yy, t: a / c_k + b - (yy - t) / self.gamma1, fy, gy, y, theta
+        )
+        x, y = self._project_c(problem)(
+            _axpy(-self.alpha, d_x, x), _axpy(-self.alpha, d_y, y)
+        )
+        # 3. the multiplier's proximal centre
+        z = project_z(z - self.beta * (z - lam) / self.gamma2)
+        new = _LVHBAState(x, y, theta, lam, z, state.k + 1)
+        return new, StepInfo(tree_norm((d_x, d_y)))
