@@ -5,6 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array
 
+from ._optional import require
+
 
 class Split(eqx.Module):
     """Train/validation/test parts of a supervised dataset.
@@ -18,14 +20,11 @@ class Split(eqx.Module):
 
 
 def _sklearn_datasets():
-    try:
-        from sklearn import datasets
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "This loader needs scikit-learn, which ships the data: "
-            "`pip install 'bilevax[examples]'` (or `pip install scikit-learn`)."
-        ) from e
-    return datasets
+    return require(
+        "sklearn.datasets",
+        "This loader needs scikit-learn, which ships the data: "
+        "`pip install 'bilevax[examples]'` (or `pip install scikit-learn`).",
+    )
 
 
 def _split_standardise(X, y, sizes, seed, dtype) -> Split:

@@ -20,6 +20,7 @@ import numpy as np
 from jaxtyping import Array, PyTree
 
 from ..solvers import ConstrainedProblem
+from ._optional import require
 
 
 class CUTEstProblem(eqx.Module):
@@ -42,14 +43,11 @@ class CUTEstProblem(eqx.Module):
 
 
 def _sif2jax():
-    try:
-        import sif2jax.cutest
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "CUTEst problems come from the PyPI package `sif2jax`: "
-            "`pip install sif2jax` (or `pip install 'bilevax[test]'`)."
-        ) from e
-    return sif2jax.cutest
+    return require(
+        "sif2jax.cutest",
+        "CUTEst problems come from the PyPI package `sif2jax`: "
+        "`pip install sif2jax` (or `pip install 'bilevax[test]'`).",
+    )
 
 
 # rows that sif2jax 0.0.8 returns as `row <= 0` (pycutest's L-type convention)
