@@ -81,11 +81,11 @@ def coupled_projection(
         cx, cy = outer_set.constraints(x), inner_set.constraints(y)
         inf = jnp.full_like(target, jnp.inf)
         lower, upper = -inf, inf
-        for part, sl in ((cx, slice(0, nx)), (cy, slice(nx, None))):
+        parts = ((cx, slice(0, nx)), (cy, slice(nx, None)))
+        for part, sl in parts:
             if part.bounds is not None:
                 lower = lower.at[sl].set(part.bounds[0])
                 upper = upper.at[sl].set(part.bounds[1])
-        parts = ((cx, slice(0, nx)), (cy, slice(nx, None)))
         pieces_eq = [(part.eq, sl) for part, sl in parts if part.eq is not None]
         pieces_in = [(part.ineq, sl) for part, sl in parts if part.ineq is not None]
 
