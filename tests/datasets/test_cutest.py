@@ -13,13 +13,9 @@ from bilevax.datasets import cutest
 
 # sif2jax 0.0.8 takes about a minute to import (it builds CLEUVEN7's data), so the
 # check does not import it at collection time
-# (one xdist worker runs them all, so only one pays the import)
-pytestmark = [
-    pytest.mark.skipif(
-        importlib.util.find_spec("sif2jax") is None, reason="needs sif2jax"
-    ),
-    pytest.mark.xdist_group("sif2jax"),
-]
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("sif2jax") is None, reason="needs sif2jax"
+)
 
 S = bx.solvers
 

@@ -34,7 +34,6 @@ def _solve(problem, y0, args=None, solver=S.AugmentedLagrangian(), **kwargs):  #
 BOOK_VALUES = {"HS76": -4.681818181818182}
 
 
-@pytest.mark.xdist_group("sif2jax")  # one worker pays sif2jax's slow import
 @pytest.mark.parametrize(
     "name", ["HS21", "HS35", "HS71", "HS76", "HS44", "HS65", "HS100", "HS113"]
 )
