@@ -60,7 +60,7 @@ def coupled_projection(
     outer_set: AbstractSet,
     inner_set: AbstractSet,
     equality: Callable | None = None,
-    solver: AugmentedLagrangian = AugmentedLagrangian(tol=1e-9),  # noqa: B008
+    solver: AugmentedLagrangian = AugmentedLagrangian(),  # noqa: B008
 ) -> Callable:
     """The Euclidean projection onto
     `C = {(x, y) ∈ X × Y : c(x, y) <= 0, e(x, y) = 0}`.

@@ -53,7 +53,8 @@ class _NewtonState(eqx.Module):
 
 def _projected_newton(fn, y0, lower, upper, tol, max_steps):
     """Minimise `fn` over `lower <= y <= upper` from `y0` (inside the box) until the
-    projected gradient is `<= tol`; returns `(y, steps, converged)`."""
+    projected gradient is `<= tol`; returns `(y, steps)` (a failed line search
+    ends the solve and counts as `max_steps`)."""
     n = y0.shape[0]
     value_and_grad = jax.value_and_grad(fn)
     hessian = jax.hessian(fn)
@@ -125,8 +126,9 @@ class AugmentedLagrangian(eqx.Module):
 
     **Arguments:**
 
-    - `tol` (1e-8): stationarity, feasibility and complementarity, all measured in
-      the max-norm, at which to stop. Use about 1e-5 in float32.
+    - `tol` (`None`): stationarity, feasibility and complementarity, all measured
+      in the max-norm, at which to stop; by default 1e-8 in float64 and 1e-5 in
+      float32.
     - `max_steps` (50): outer iterations; `inner_max_steps` (200) per inner solve.
     - `rho` (`None`): initial penalty; by default ALGENCAN's scale-aware choice
       `10 max(1, |f(y0)|) / max(1, ‖c(y0)‖²/2 + ‖max(h(y0), 0)‖²/2)` clipped to
@@ -142,7 +144,7 @@ class AugmentedLagrangian(eqx.Module):
       subproblem to its own tolerance instead.
     """
 
-    tol: float = 1e-8
+    tol: float | None = None
     max_steps: int = 50
     inner_max_steps: int = 200
     rho: float | None = None
@@ -158,6 +160,10 @@ class AugmentedLagrangian(eqx.Module):
         del key  # deterministic
         y0_flat, unravel = jfu.ravel_pytree(y0)
         dtype = y0_flat.dtype
+        if self.tol is not None:
+            tol = self.tol
+        else:
+            tol = 1e-8 if jnp.finfo(dtype).bits == 64 else 1e-5
         lower, upper = flat_bounds(problem, y0_flat, unravel)
         if problem.bounds is not None and self.inner_solver is not None:
             raise ValueError(
@@ -219,10 +225,10 @@ class AugmentedLagrangian(eqx.Module):
             return sol.value, sol.stats["num_steps"]
 
         def cond(s: _State):
-            infeasible = (s.rho > self.rho_max) & (s.infeasibility > self.tol)
+            infeasible = (s.rho > self.rho_max) & (s.infeasibility > tol)
             return (
                 (s.step < self.max_steps)
-                & (s.kkt > self.tol)
+                & (s.kkt > tol)
                 & jnp.isfinite(s.kkt)
                 & ~infeasible
             )
@@ -233,14 +239,14 @@ class AugmentedLagrangian(eqx.Module):
             lam = jnp.clip(s.lam + s.rho * c(y), -bound, bound)
             mu = jnp.clip(s.mu + s.rho * h(y), 0.0, bound)
             V, kkt = measures(y, lam, mu, s.mu, s.rho)
-            stalled = (V > self.tau * s.infeasibility) & (V > self.tol)
+            stalled = (V > self.tau * s.infeasibility) & (V > tol)
             rho = jnp.where(stalled, self.rho_growth, 1.0)
             return _State(
                 y,
                 lam,
                 mu,
                 rho * s.rho,
-                jnp.maximum(self.tol, 0.1 * s.omega),
+                jnp.maximum(tol, 0.1 * s.omega),
                 V,
                 kkt,
                 s.step + 1,
@@ -265,7 +271,7 @@ class AugmentedLagrangian(eqx.Module):
             lam0,
             mu0,
             rho0.astype(dtype),
-            jnp.maximum(jnp.asarray(self.tol, dtype), jnp.sqrt(self.tol)),
+            jnp.maximum(jnp.asarray(tol, dtype), jnp.sqrt(tol)),
             V0,
             kkt0,
             jnp.array(0),
@@ -273,9 +279,9 @@ class AugmentedLagrangian(eqx.Module):
         )
         s = jax.lax.while_loop(cond, body, init)
         result = RESULTS.where(
-            s.kkt <= self.tol, RESULTS.successful, RESULTS.max_steps_reached
+            s.kkt <= tol, RESULTS.successful, RESULTS.max_steps_reached
         )
-        infeasible = (s.rho > self.rho_max) & (s.infeasibility > self.tol)
+        infeasible = (s.rho > self.rho_max) & (s.infeasibility > tol)
         result = RESULTS.where(infeasible, RESULTS.infeasible, result)
         finite = jnp.isfinite(s.kkt) & jnp.all(jnp.isfinite(s.y))
         result = RESULTS.where(finite, result, RESULTS.nonfinite)

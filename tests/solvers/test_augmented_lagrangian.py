@@ -249,8 +249,9 @@ def test_float32():
             bounds=(jnp.zeros(3, jnp.float32), jnp.full(3, jnp.inf, jnp.float32)),
         )
         target = jnp.array([1.0, 0.5, -1.0], jnp.float32)
+        # the default tolerance follows the dtype (1e-5 in float32)
         sol = S.minimize(
-            problem, jnp.zeros(3, jnp.float32), target, S.AugmentedLagrangian(tol=1e-5)
+            problem, jnp.zeros(3, jnp.float32), target, S.AugmentedLagrangian()
         )
         assert sol.y.dtype == jnp.float32
         assert sol.result == S.RESULTS.successful
