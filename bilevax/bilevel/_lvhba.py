@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 from jaxtyping import Array, PyTree
 
-from ..implicit._tree import tree_norm
+from ..implicit._tree import tree_axpy as _axpy, tree_norm
 from ..solvers import RESULTS, AugmentedLagrangian, ConstrainedProblem, minimize
 from ._problem import BilevelData, BilevelProblem, sample_batch
 from ._run import AbstractBilevelAlgorithm, StepInfo
@@ -49,10 +49,6 @@ class _LVHBAState(eqx.Module):
     lam: Array  # its multiplier
     z: Array  # the proximal centre of the multiplier
     k: Array
-
-
-def _axpy(a, x, y):
-    return jtu.tree_map(lambda u, v: v + a * u, x, y)
 
 
 def coupled_projection(
@@ -192,20 +188,21 @@ class LVHBA(AbstractBilevelAlgorithm):
         return jnp.concatenate(rows)
 
     def _multiplier_projection(self, problem, x, y):
-        """`P_Z`: `[-r, r]` on the equality rows, `[0, r]` on the inequality rows."""
+        """`P_Z`: `[-r, r]` on the equality rows, `[0, r]` on the inequality rows
+        (shapes only: nothing is evaluated)."""
         m = 0
         if problem.inner_equalities is not None:
             m = jax.eval_shape(problem.inner_equalities, x, y).shape[0]
-        p = self._constraint(problem, x, y).shape[0]
+        p = jax.eval_shape(lambda: self._constraint(problem, x, y)).shape[0]
         r = self.multiplier_radius
         lower = jnp.where(jnp.arange(p) < m, -r, 0.0)
         return lambda v: jnp.clip(v, lower, r)
 
     def init(self, problem, x0, y0, data, key):
         x, y = self._project_c(problem)(x0, y0)
-        p = self._constraint(problem, x, y).shape[0]
         dtype = jnp.result_type(*jtu.tree_leaves(y))
         project = self._multiplier_projection(problem, x, y)
+        p = jax.eval_shape(lambda: self._constraint(problem, x, y)).shape[0]
         lam = project(jnp.full((p,), self.multiplier0, dtype))
         return _LVHBAState(x, y, y, lam, lam, jnp.array(0))
 

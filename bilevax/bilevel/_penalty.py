@@ -37,7 +37,7 @@ import jax.tree_util as jtu
 import optax
 from jaxtyping import Array, PyTree
 
-from ..implicit._tree import tree_norm
+from ..implicit._tree import tree_axpy as _axpy, tree_norm
 from ._inner import smoothness
 from ._problem import BilevelData, num_samples, sample_batch
 from ._run import AbstractBilevelAlgorithm, StepInfo
@@ -88,11 +88,6 @@ def _estimate(fn, argnum, x, w, batch, anchor_x, anchor_w, anchor_grad):
     return jtu.tree_map(
         lambda c, r, a: c - r + a, current, reference, anchor_grad[argnum]
     )
-
-
-def _axpy(a, x, y):
-    """`y + a·x` on pytrees."""
-    return jtu.tree_map(lambda u, v: v + a * u, x, y)
 
 
 class _AbstractPenaltyAlgorithm(AbstractBilevelAlgorithm):

@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 from jaxtyping import Array, PyTree
 
+from ..implicit._tree import tree_norm
+
 
 class Constraints(eqx.Module):
     """A set as constraints on the flat vector `v` of a pytree: `bounds=(lower,
@@ -86,7 +88,7 @@ class Ball(AbstractSet):
     def project(self, v):
         c = self._center(v)
         d = jtu.tree_map(jnp.subtract, v, c)
-        norm = jnp.sqrt(sum(jnp.sum(a**2) for a in jtu.tree_leaves(d)))
+        norm = tree_norm(d)
         scale = jnp.minimum(1.0, self.radius / jnp.maximum(norm, 1e-30))
         return jtu.tree_map(lambda ci, di: ci + scale * di, c, d)
 

@@ -16,6 +16,11 @@ def tree_norm(a: PyTree[Array]) -> Array:
     return jnp.sqrt(tree_dot(a, a))
 
 
+def tree_axpy(a: Array | float, x: PyTree[Array], y: PyTree[Array]) -> PyTree[Array]:
+    """`y + a·x` leaf by leaf."""
+    return jtu.tree_map(lambda u, v: v + a * u, x, y)
+
+
 def tree_all_finite(a: PyTree[Array]) -> Array:
     """`True` when no leaf holds a NaN or an infinity."""
     leaves = [jnp.all(jnp.isfinite(x)) for x in jtu.tree_leaves(a)]

@@ -191,9 +191,9 @@ class AugmentedLagrangian(eqx.Module):
                 + (shifted @ shifted - mu @ mu) / (2 * rho)
             )
 
-        def measures(y, lam, mu, mu_old, rho):
-            """(V for the penalty test, the KKT residual) at `y`."""
-            cy, hy = c(y), h(y)
+        def measures(y, cy, hy, lam, mu, mu_old, rho):
+            """(V for the penalty test, the KKT residual) at `y` (`cy = c(y)`,
+            `hy = h(y)`)."""
             V = jnp.maximum(
                 jnp.max(jnp.abs(cy), initial=0.0),
                 jnp.max(jnp.abs(jnp.maximum(hy, -mu_old / rho)), initial=0.0),
@@ -235,10 +235,11 @@ class AugmentedLagrangian(eqx.Module):
 
         def body(s: _State):
             y, used = inner(s.y, s.lam, s.mu, s.rho, s.omega)
+            cy, hy = c(y), h(y)
             bound = self.multiplier_bound
-            lam = jnp.clip(s.lam + s.rho * c(y), -bound, bound)
-            mu = jnp.clip(s.mu + s.rho * h(y), 0.0, bound)
-            V, kkt = measures(y, lam, mu, s.mu, s.rho)
+            lam = jnp.clip(s.lam + s.rho * cy, -bound, bound)
+            mu = jnp.clip(s.mu + s.rho * hy, 0.0, bound)
+            V, kkt = measures(y, cy, hy, lam, mu, s.mu, s.rho)
             stalled = (V > self.tau * s.infeasibility) & (V > tol)
             rho = jnp.where(stalled, self.rho_growth, 1.0)
             return _State(
@@ -254,18 +255,19 @@ class AugmentedLagrangian(eqx.Module):
             )
 
         lam0, mu0 = jnp.zeros(m, dtype), jnp.zeros(p, dtype)
+        c0, h0 = c(y_start), h(y_start)
         if self.rho is None:
-            cy, hy = c(y_start), jnp.maximum(h(y_start), 0.0)
+            violated = jnp.maximum(h0, 0.0)
             rho0 = jnp.clip(
                 10.0
                 * jnp.maximum(1.0, jnp.abs(f(y_start)))
-                / jnp.maximum(1.0, 0.5 * (cy @ cy + hy @ hy)),
+                / jnp.maximum(1.0, 0.5 * (c0 @ c0 + violated @ violated)),
                 1e-8,
                 1e8,
             )
         else:
             rho0 = jnp.asarray(self.rho, dtype)
-        V0, kkt0 = measures(y_start, lam0, mu0, mu0, rho0)
+        V0, kkt0 = measures(y_start, c0, h0, lam0, mu0, mu0, rho0)
         init = _State(
             y_start,
             lam0,
