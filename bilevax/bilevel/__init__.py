@@ -28,7 +28,11 @@ from ._inner import (
     AbstractInnerSolver as AbstractInnerSolver,
     GradientDescent as GradientDescent,
 )
-from ._lvhba import LVHBA as LVHBA, coupled_projection as coupled_projection
+from ._lvhba import (
+    LVHBA as LVHBA,
+    affine_projection as affine_projection,
+    coupled_projection as coupled_projection,
+)
 from ._penalty import F2SA as F2SA, PenaltyMethod as PenaltyMethod
 from ._problem import (
     BilevelData as BilevelData,
@@ -61,6 +65,7 @@ __all__ = [
     "HypergradientStats",
     "PenaltyMethod",
     "StepInfo",
+    "affine_projection",
     "coupled_projection",
     "hypergradient",
     "sample_batch",

@@ -18,7 +18,7 @@ from ..implicit import ImplicitAdjoint, conditions, iterate, root_vjp
 from ..implicit._iterate import AbstractIterateAdjoint
 from ..implicit._linear_solve import CG, default_tolerance
 from ..implicit._tree import tree_norm
-from ..solvers import AugmentedLagrangian, ConstrainedProblem, minimize
+from ..solvers import RESULTS, AugmentedLagrangian, ConstrainedProblem, minimize
 from ._inner import AbstractInnerSolver, GradientDescent
 from ._problem import BilevelProblem, as_data, check_problem
 
@@ -60,6 +60,7 @@ def _constrained_hypergradient(problem, f, g, x, y0, inner: ConstrainedInner):
         jnp.array(0),
         zero,
         lx.RESULTS.successful,
+        sol.result != RESULTS.successful,
     )
     return value, grad, jax.lax.stop_gradient(sol.y), stats
 
@@ -73,6 +74,8 @@ class HypergradientStats(eqx.Module):
       otherwise).
     - `linear_result`: lineax status of the adjoint solve (`successful` when there
       is none).
+    - `inner_failed`: the inner solve reported failure (only `ConstrainedInner`
+      reports: infeasible constraints, no convergence, NaN).
     """
 
     inner_steps: Array
@@ -80,6 +83,7 @@ class HypergradientStats(eqx.Module):
     linear_steps: Array
     linear_residual: Array
     linear_result: lx.RESULTS
+    inner_failed: Array = eqx.field(default_factory=lambda: jnp.array(False))
 
 
 def hypergradient(

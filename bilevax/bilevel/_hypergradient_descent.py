@@ -85,7 +85,7 @@ class HypergradientDescent(AbstractBilevelAlgorithm):
     def step(self, problem, state, data, key):
         batch = _batches(data, key, self.batch_size)
         start = state.y if self.warm_start else state.y0
-        _, grad, y, _ = hypergradient(
+        _, grad, y, stats = hypergradient(
             problem,
             state.x,
             start,
@@ -96,7 +96,8 @@ class HypergradientDescent(AbstractBilevelAlgorithm):
         )
         updates, opt_state = self.optimizer.update(grad, state.opt_state, state.x)
         x = _project(self.project, optax.apply_updates(state.x, updates))
-        return _HGDState(x, y, state.y0, opt_state), StepInfo(tree_norm(grad))
+        info = StepInfo(tree_norm(grad), stats.inner_failed)
+        return _HGDState(x, y, state.y0, opt_state), info
 
 
 class _HOAGState(eqx.Module):

@@ -36,7 +36,13 @@ import jax.tree_util as jtu
 from jaxtyping import Array, PyTree
 
 from ..implicit._tree import tree_axpy as _axpy, tree_norm
-from ..solvers import RESULTS, AugmentedLagrangian, ConstrainedProblem, minimize
+from ..solvers import (
+    RESULTS,
+    AugmentedLagrangian,
+    ConstrainedProblem,
+    minimize,
+    project_polyhedron,
+)
 from ._problem import BilevelData, BilevelProblem, sample_batch
 from ._run import AbstractBilevelAlgorithm, StepInfo
 from .sets import AbstractSet, Everything
@@ -48,7 +54,53 @@ class _LVHBAState(eqx.Module):
     theta: PyTree[Array]  # the inner variable of v_γ
     lam: Array  # its multiplier
     z: Array  # the proximal centre of the multiplier
+    dual: Array  # multipliers of the last projection onto C (`affine=True`)
     k: Array
+
+
+def _flat_constraints(constraint, equality, outer_set, inner_set, x, y):
+    """`C` as constraints on `w = ravel((x, y))`: `(unravel, bounds, eq, ineq)`
+    with `bounds = (lower, upper)` or `None` and `eq(w)`, `ineq(w)` or `None`."""
+    target, unravel = jfu.ravel_pytree((x, y))
+    nx = jfu.ravel_pytree(x)[0].size
+    cx, cy = outer_set.constraints(x), inner_set.constraints(y)
+    inf = jnp.full_like(target, jnp.inf)
+    lower, upper = -inf, inf
+    parts = ((cx, slice(0, nx)), (cy, slice(nx, None)))
+    for part, sl in parts:
+        if part.bounds is not None:
+            lower = lower.at[sl].set(part.bounds[0])
+            upper = upper.at[sl].set(part.bounds[1])
+    pieces_eq = [(part.eq, sl) for part, sl in parts if part.eq is not None]
+    pieces_in = [(part.ineq, sl) for part, sl in parts if part.ineq is not None]
+    if constraint is not None:
+        pieces_in.insert(0, (constraint, None))
+    if equality is not None:
+        pieces_eq.insert(0, (equality, None))
+
+    def rows(pieces):
+        if not pieces:
+            return None
+        return lambda w: jnp.concatenate(
+            [
+                jfu.ravel_pytree(f(*unravel(w)) if sl is None else f(w[sl]))[0]
+                for f, sl in pieces
+            ]
+        )
+
+    bounded = cx.bounds is not None or cy.bounds is not None
+    return (
+        unravel,
+        (lower, upper) if bounded else None,
+        rows(pieces_eq),
+        rows(pieces_in),
+    )
+
+
+_INFEASIBLE = (
+    "The projection onto the feasible set C = {(x, y) in X x Y: c(x, y) <= 0, "
+    "e(x, y) = 0} failed: the constraints are infeasible (or NaN)."
+)
 
 
 def coupled_projection(
@@ -64,58 +116,59 @@ def coupled_projection(
     Without `constraint` and `equality` it is `(P_X(x), P_Y(y))`; otherwise it
     solves `min ½‖(x', y') - (x, y)‖²` over `C` with `solver` (the sets enter as
     bounds or constraints, see `sets.AbstractSet.constraints`), from
-    `(P_X(x), P_Y(y))`. Not differentiated (LV-HBA only needs its value).
+    `(P_X(x), P_Y(y))`. Not differentiated (LV-HBA only needs its value). For
+    affine `c` and `e`, `affine_projection` is exact and much faster.
     """
     if constraint is None and equality is None:
         return lambda x, y: (outer_set.project(x), inner_set.project(y))
 
     def project(x, y):
-        start = (outer_set.project(x), inner_set.project(y))
-        target, unravel = jfu.ravel_pytree((x, y))
-        w0 = jfu.ravel_pytree(start)[0]
-        nx = jfu.ravel_pytree(x)[0].size
-        cx, cy = outer_set.constraints(x), inner_set.constraints(y)
-        inf = jnp.full_like(target, jnp.inf)
-        lower, upper = -inf, inf
-        parts = ((cx, slice(0, nx)), (cy, slice(nx, None)))
-        for part, sl in parts:
-            if part.bounds is not None:
-                lower = lower.at[sl].set(part.bounds[0])
-                upper = upper.at[sl].set(part.bounds[1])
-        pieces_eq = [(part.eq, sl) for part, sl in parts if part.eq is not None]
-        pieces_in = [(part.ineq, sl) for part, sl in parts if part.ineq is not None]
-
-        if constraint is not None:
-            pieces_in.insert(0, (constraint, None))
-        if equality is not None:
-            pieces_eq.insert(0, (equality, None))
-
-        def rows(pieces, w):
-            return jnp.concatenate(
-                [
-                    jfu.ravel_pytree(f(*unravel(w)) if sl is None else f(w[sl]))[0]
-                    for f, sl in pieces
-                ]
-            )
-
-        ineq = (lambda w, _: rows(pieces_in, w)) if pieces_in else None
-        eq = (lambda w, _: rows(pieces_eq, w)) if pieces_eq else None
-        bounded = cx.bounds is not None or cy.bounds is not None
+        unravel, bounds, eq, ineq = _flat_constraints(
+            constraint, equality, outer_set, inner_set, x, y
+        )
+        target = jfu.ravel_pytree((x, y))[0]
+        w0 = jfu.ravel_pytree((outer_set.project(x), inner_set.project(y)))[0]
         problem = ConstrainedProblem(
             lambda w, t: 0.5 * jnp.sum((w - t) ** 2),
-            eq=eq,
-            ineq=ineq,
-            bounds=(lower, upper) if bounded else None,
+            eq=None if eq is None else lambda w, _: eq(w),
+            ineq=None if ineq is None else lambda w, _: ineq(w),
+            bounds=bounds,
         )
         sol = minimize(problem, w0, jax.lax.stop_gradient(target), solver)
         failed = (sol.result == RESULTS.infeasible) | (sol.result == RESULTS.nonfinite)
-        w = eqx.error_if(
-            jax.lax.stop_gradient(sol.y),
-            failed,
-            "The projection onto the feasible set C = {(x, y) in X x Y: c(x, y) <= 0, "
-            "e(x, y) = 0} failed: the constraints are infeasible (or NaN).",
-        )
+        w = eqx.error_if(jax.lax.stop_gradient(sol.y), failed, _INFEASIBLE)
         return unravel(w)
+
+    return project
+
+
+def affine_projection(
+    constraint: Callable | None,
+    outer_set: AbstractSet,
+    inner_set: AbstractSet,
+    equality: Callable | None = None,
+) -> Callable:
+    """The exact projection onto `C` when `c` and `e` are affine in `(x, y)` and
+    `X`, `Y` are boxes, orthants or simplices: `project(x, y, dual) -> (x, y,
+    dual)` by `bilevax.solvers.project_polyhedron`, warm-started from the
+    multipliers `dual` of the previous projection (start with zeros of size
+    `m + p`, the number of equality plus inequality rows)."""
+
+    def project(x, y, dual):
+        for s, v in ((outer_set, x), (inner_set, y)):
+            if s.constraints(v).ineq is not None:
+                raise ValueError(
+                    f"`affine=True` needs X and Y given by bounds and affine "
+                    f"equalities; {type(s).__name__} is not. Use `affine=False`."
+                )
+        unravel, bounds, eq, ineq = _flat_constraints(
+            constraint, equality, outer_set, inner_set, x, y
+        )
+        target = jfu.ravel_pytree((x, y))[0]
+        sol = project_polyhedron(target, eq, ineq, bounds, dual)
+        failed = (sol.result == RESULTS.infeasible) | (sol.result == RESULTS.nonfinite)
+        w = eqx.error_if(sol.y, failed, _INFEASIBLE)
+        return (*unravel(w), sol.dual)
 
     return project
 
@@ -140,9 +193,12 @@ class LVHBA(AbstractBilevelAlgorithm):
     - `outer_set`, `inner_set`: `X` and `Y` (`sets.Box`, `sets.Ball`,
       `sets.Simplex`, `sets.NonNegative`, `sets.Projection`, default the whole
       space).
+    - `affine` (False): `c` and `e` are affine in `(x, y)` and `X`, `Y` are
+      boxes, orthants or simplices: project onto `C` exactly and fast with
+      `affine_projection` (dual Newton, warm-started across iterations).
     - `projection`: optional `(x, y) -> (x, y)` onto `C`; by default
       `coupled_projection` (closed form without coupling constraints, an
-      augmented-Lagrangian solve with them).
+      augmented-Lagrangian solve with them) or `affine_projection`.
     - `batch_size`: minibatch size for the stochastic form (`None`: full data).
 
     The state starts from `(x0, y0)` projected onto `C`, `θ0 = y0`.
@@ -159,6 +215,7 @@ class LVHBA(AbstractBilevelAlgorithm):
     multiplier0: float = 0.0
     outer_set: AbstractSet = Everything()
     inner_set: AbstractSet = Everything()
+    affine: bool = False
     projection: Callable | None = None
     batch_size: int | None = None
 
@@ -169,15 +226,29 @@ class LVHBA(AbstractBilevelAlgorithm):
             if not getattr(self, name) > 0:
                 raise ValueError(f"`{name}` must be positive.")
 
-    def _project_c(self, problem: BilevelProblem):
+    def _project_c(self, problem: BilevelProblem, x, y, dual):
+        """`(x, y, dual) -> (P_C(x, y), dual)`; `dual` only used by `affine`."""
         if self.projection is not None:
-            return self.projection
-        return coupled_projection(
+            return (*self.projection(x, y), dual)
+        sets = (self.outer_set, self.inner_set, problem.inner_equalities)
+        if self.affine:
+            return affine_projection(problem.inner_constraints, *sets)(x, y, dual)
+        return (*coupled_projection(problem.inner_constraints, *sets)(x, y), dual)
+
+    def _dual_size(self, problem, x, y):
+        """Rows of `C` as `project_polyhedron` sees them (0 unless `affine`)."""
+        if not self.affine or self.projection is not None:
+            return 0
+        _, _, eq, ineq = _flat_constraints(
             problem.inner_constraints,
+            problem.inner_equalities,
             self.outer_set,
             self.inner_set,
-            problem.inner_equalities,
+            x,
+            y,
         )
+        w = jfu.ravel_pytree((x, y))[0]
+        return sum(jax.eval_shape(f, w).shape[0] for f in (eq, ineq) if f is not None)
 
     def _constraint(self, problem, x, y):
         """`(e(x, y), c(x, y))` as one vector (equalities first)."""
@@ -199,12 +270,13 @@ class LVHBA(AbstractBilevelAlgorithm):
         return lambda v: jnp.clip(v, lower, r)
 
     def init(self, problem, x0, y0, data, key):
-        x, y = self._project_c(problem)(x0, y0)
-        dtype = jnp.result_type(*jtu.tree_leaves(y))
+        dtype = jnp.result_type(*jtu.tree_leaves(y0))
+        dual = jnp.zeros((self._dual_size(problem, x0, y0),), dtype)
+        x, y, dual = self._project_c(problem, x0, y0, dual)
         project = self._multiplier_projection(problem, x, y)
         p = jax.eval_shape(lambda: self._constraint(problem, x, y)).shape[0]
         lam = project(jnp.full((p,), self.multiplier0, dtype))
-        return _LVHBAState(x, y, y, lam, lam, jnp.array(0))
+        return _LVHBAState(x, y, y, lam, lam, dual, jnp.array(0))
 
     def iterates(self, state):
         return state.x, state.y
@@ -242,10 +314,10 @@ class LVHBA(AbstractBilevelAlgorithm):
         d_y = jtu.tree_map(
             lambda a, b, yy, t: a / c_k + b - (yy - t) / self.gamma1, fy, gy, y, theta
         )
-        x, y = self._project_c(problem)(
-            _axpy(-self.alpha, d_x, x), _axpy(-self.alpha, d_y, y)
+        x, y, dual = self._project_c(
+            problem, _axpy(-self.alpha, d_x, x), _axpy(-self.alpha, d_y, y), state.dual
         )
         # 3. the multiplier's proximal centre
         z = project_z(z - self.beta * (z - lam) / self.gamma2)
-        new = _LVHBAState(x, y, theta, lam, z, state.k + 1)
+        new = _LVHBAState(x, y, theta, lam, z, dual, state.k + 1)
         return new, StepInfo(tree_norm((d_x, d_y)))

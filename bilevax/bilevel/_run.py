@@ -6,7 +6,9 @@ runs under `jit` and `jax.vmap` (e.g. over seeds). With `progress=True` the chun
 are driven from Python with a progress bar instead (not inside `jit`/`vmap`).
 
 A step that makes `x` or `y` non-finite is undone and the run stops there with
-`result = RESULTS.diverged`: a NaN is never returned as an answer.
+`result = RESULTS.diverged`: a NaN is never returned as an answer. Likewise a step
+whose inner solve reports failure (a constrained lower level that is infeasible at
+the current `x`) is undone and the run stops with `RESULTS.inner_failed`.
 """
 
 import abc
@@ -30,13 +32,19 @@ class RESULTS(eqxi.Enumeration):
         "The run diverged: a step produced a non-finite x or y (NaN or infinity). "
         "The result holds the last finite iterate; lower the step sizes."
     )
+    inner_failed = (
+        "The lower-level solve failed (e.g. its constraints are infeasible at the "
+        "current x): the run stopped there, and the result holds that x."
+    )
 
 
 class StepInfo(eqx.Module):
-    """What one step knows about itself (recorded in the history): the norm of the
-    (estimated) hypergradient or direction it used for `x`."""
+    """What one step knows about itself: the norm of the (estimated) hypergradient
+    or direction it used for `x` (recorded in the history), and whether its inner
+    solve failed."""
 
     hypergradient_norm: Array
+    inner_failed: Array = eqx.field(default_factory=lambda: jnp.array(False))
 
 
 class History(eqx.Module):
@@ -130,7 +138,7 @@ class AbstractBilevelAlgorithm(eqx.Module):
         if state is None:
             state = self.init(problem, x0, y0, data, init_key)
         keys = jax.random.split(run_key, (num_records, record_every))
-        carry = (state, jnp.array(False), jnp.array(0))
+        carry = (state, jnp.array(_RUNNING, jnp.int32), jnp.array(0))
         if progress:
             chunk = eqx.filter_jit(_chunk)
             try:
@@ -150,8 +158,17 @@ class AbstractBilevelAlgorithm(eqx.Module):
             )
         state, failed, done = carry
         x, y = self.iterates(state)
-        result = RESULTS.where(failed, RESULTS.diverged, RESULTS.successful)
+        result = RESULTS.where(
+            failed == _DIVERGED,
+            RESULTS.diverged,
+            RESULTS.where(
+                failed == _INNER_FAILED, RESULTS.inner_failed, RESULTS.successful
+            ),
+        )
         return BilevelResult(x, y, state, history, result, done)
+
+
+_RUNNING, _DIVERGED, _INNER_FAILED = 0, 1, 2
 
 
 def _chunk(algorithm, problem, data, carry, keys):
@@ -165,23 +182,30 @@ def _chunk(algorithm, problem, data, carry, keys):
 
         def advance(state):
             new, info = algorithm.step(problem, state, data, key)
-            info = jtu.tree_map(lambda a: a.astype(dtype), info)
-            ok = tree_all_finite(algorithm.iterates(new))
+            norm = info.hypergradient_norm.astype(dtype)
+            finite = tree_all_finite(algorithm.iterates(new))
+            code = jnp.where(
+                finite,
+                jnp.where(info.inner_failed, _INNER_FAILED, _RUNNING),
+                _DIVERGED,
+            ).astype(jnp.int32)
+            ok = code == _RUNNING
             new = jtu.tree_map(
                 lambda a, b: jnp.where(ok, a, b),
                 eqx.filter(new, eqx.is_array),
                 eqx.filter(state, eqx.is_array),
             )
             return eqx.combine(new, eqx.filter(state, eqx.is_array, inverse=True)), (
-                info,
-                ok,
+                StepInfo(norm),
+                code,
             )
 
         def skip(state):
-            return state, (StepInfo(jnp.full((), jnp.nan, dtype)), jnp.array(False))
+            return state, (StepInfo(jnp.full((), jnp.nan, dtype)), failed)
 
-        state, (info, ok) = jax.lax.cond(failed, skip, advance, state)
-        return (state, failed | ~ok, done + ok.astype(done.dtype)), info
+        state, (info, code) = jax.lax.cond(failed != _RUNNING, skip, advance, state)
+        ok = code == _RUNNING
+        return (state, code, done + ok.astype(done.dtype)), info
 
     carry, infos = jax.lax.scan(one, carry, keys)
     state, _, done = carry

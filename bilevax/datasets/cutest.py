@@ -10,7 +10,20 @@ Caveat (sif2jax 0.0.8): some problems still return pycutest's raw values, where 
 the rows listed in `_LESS_EQUAL_ROWS` (checked against the Hock-Schittkowski book);
 other problems with such rows (HS83, HS93, HS104 among them) are not the book's
 problems, and their recorded optimal values do not apply.
+
+Import time: `import sif2jax` imports all of its ~1000 problems and takes one to
+two minutes (CLEUVEN7 builds its data at import). `load` imports only the module
+that defines the requested problem, under a private package name so that sif2jax
+itself is left alone; when that is not possible (a problem whose class name is not
+its SIF name, say) it imports sif2jax whole.
 """
+
+import importlib
+import importlib.util
+import pathlib
+import re
+import sys
+import types
 
 import equinox as eqx
 import jax.flatten_util as jfu
@@ -50,6 +63,47 @@ def _sif2jax():
     )
 
 
+_ALIAS = "_bilevax_sif2jax"
+
+
+def _package(name: str, path: pathlib.Path):
+    """An empty package `name` whose submodules live in `path` (its `__init__` is
+    not run)."""
+    if name not in sys.modules:
+        module = types.ModuleType(name)
+        module.__path__ = [str(path)]
+        module.__package__ = name
+        sys.modules[name] = module
+
+
+def _problem_alone(name: str):
+    """An instance of the sif2jax problem class `name`, importing only the module
+    that defines it; `None` if it is not found that way."""
+    spec = importlib.util.find_spec("sif2jax")
+    if spec is None or spec.origin is None:
+        return None
+    root = pathlib.Path(spec.origin).parent
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        return None
+    pattern = re.compile(rf"^class {name}\(", re.M)
+    for path in sorted((root / "cutest").rglob("*.py")):
+        if path.name != "__init__.py" and pattern.search(path.read_text()):
+            break
+    else:
+        return None
+    *packages, module = path.relative_to(root).with_suffix("").parts
+    package, directory = _ALIAS, root
+    _package(package, directory)
+    for part in packages:
+        package, directory = f"{package}.{part}", directory / part
+        _package(package, directory)
+    try:
+        cls = getattr(importlib.import_module(f"{package}.{module}"), name)
+        return cls()
+    except Exception:  # an unexpected module layout: import sif2jax whole instead
+        return None
+
+
 # rows that sif2jax 0.0.8 returns as `row <= 0` (pycutest's L-type convention)
 _LESS_EQUAL_ROWS = {"HS76": (0, 1)}
 
@@ -65,7 +119,9 @@ def load(name: str) -> CUTEstProblem:
     Raises `KeyError` for a name sif2jax does not have, and `ValueError` for an
     unconstrained problem without bounds (nothing for a constrained solver to do).
     """
-    source = _sif2jax().get_problem(name)
+    source = _problem_alone(name)
+    if source is None:
+        source = _sif2jax().get_problem(name)
     if source is None:
         raise KeyError(f"sif2jax has no CUTEst problem called {name!r}.")
     y0 = source.y0

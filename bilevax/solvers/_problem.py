@@ -22,8 +22,9 @@ class RESULTS(eqxi.Enumeration):
         "the Newton-KKT system is singular. Remove redundant constraints."
     )
     infeasible = (
-        "The constraints could not be satisfied: the penalty grew past its limit "
-        "with the iterate still infeasible (the problem is probably infeasible)."
+        "The constraints could not be satisfied: the penalty (or, for a projection, "
+        "the dual multipliers) grew past its limit with the iterate still "
+        "infeasible (the problem is probably infeasible)."
     )
     nonfinite = "The objective, the constraints or an iterate became NaN or infinite."
 

@@ -27,9 +27,12 @@ COUPLED = B.BilevelProblem(
 )
 
 
-def test_active_coupled_constraint():
-    # the default projection onto C (an augmented-Lagrangian solve) is used
-    result = jax.jit(lambda x0, y0: B.LVHBA().run(COUPLED, x0, y0, num_steps=6000))(
+@pytest.mark.parametrize("affine", [False, True])
+def test_active_coupled_constraint(affine):
+    # the projection onto C: an augmented-Lagrangian solve, or the exact polyhedral
+    # projection for affine constraints
+    solver = B.LVHBA(affine=affine)
+    result = jax.jit(lambda x0, y0: solver.run(COUPLED, x0, y0, num_steps=6000))(
         jnp.zeros(1), jnp.zeros(1)
     )
     assert result.result == B.RESULTS.successful
@@ -102,9 +105,12 @@ def test_stochastic_form_under_vmap_over_seeds():
     assert float(jnp.max(results.y - results.x)) <= 1e-6  # feasible
 
 
-def test_infeasible_start_is_projected():
+@pytest.mark.parametrize("affine", [False, True])
+def test_infeasible_start_is_projected(affine):
     # y0 = 5 > x0 = 0 violates y <= x; X = [0, 3], Y = [-10, 10]
-    solver = B.LVHBA(outer_set=B.sets.Box(0.0, 3.0), inner_set=B.sets.Box(-10, 10))
+    solver = B.LVHBA(
+        outer_set=B.sets.Box(0.0, 3.0), inner_set=B.sets.Box(-10, 10), affine=affine
+    )
     state = solver.init(COUPLED, jnp.zeros(1), jnp.array([5.0]), None, None)
     assert float(state.y[0] - state.x[0]) <= 1e-7
     np.testing.assert_allclose([state.x[0], state.y[0]], [2.5, 2.5], atol=1e-6)
@@ -113,14 +119,22 @@ def test_infeasible_start_is_projected():
     assert float(jnp.abs(result.x[0] - 2)) <= 1e-2
 
 
-def test_infeasible_constraints_raise():
+@pytest.mark.parametrize("affine", [False, True])
+def test_infeasible_constraints_raise(affine):
     problem = B.BilevelProblem(
         COUPLED.outer,
         COUPLED.inner,
         inner_constraints=lambda x, y: jnp.array([y[0] - x[0] + 1, x[0] - y[0] + 1]),
     )
     with pytest.raises(Exception, match="infeasible"):
-        B.LVHBA().run(problem, jnp.zeros(1), jnp.zeros(1), num_steps=10)
+        B.LVHBA(affine=affine).run(problem, jnp.zeros(1), jnp.zeros(1), num_steps=10)
+
+
+def test_affine_needs_affine_sets():
+    with pytest.raises(ValueError, match="affine"):
+        B.LVHBA(affine=True, inner_set=B.sets.Ball(1.0)).run(
+            COUPLED, jnp.zeros(1), jnp.zeros(1), num_steps=1
+        )
 
 
 def test_bad_options():
@@ -165,3 +179,24 @@ def test_kkt_implicit_route_agrees():
         jnp.zeros(1), jnp.zeros(1)
     )
     np.testing.assert_allclose(result.x, [2.0], atol=1e-6)
+
+
+def test_kkt_route_stops_when_the_lower_level_becomes_infeasible():
+    import optax
+
+    # lower level min (θ-4)² s.t. θ <= x, θ >= 1: infeasible for x < 1; the upper
+    # level ½x² pulls x below 1
+    problem = B.BilevelProblem(
+        outer=lambda x, y, b: 0.5 * jnp.sum(x**2),
+        inner=lambda x, y, b: jnp.sum((y - 4) ** 2),
+        inner_constraints=lambda x, y: jnp.concatenate([y - x, 1 - y]),
+    )
+    solver = B.HypergradientDescent(optax.sgd(0.3), inner_solver=B.ConstrainedInner())
+    result = jax.jit(lambda x0, y0: solver.run(problem, x0, y0, num_steps=50))(
+        jnp.array([3.0]), jnp.array([1.0])
+    )
+    assert result.result == B.RESULTS.inner_failed
+    # the run stops at the first x whose lower level is infeasible (3 -> 2.1 ->
+    # 1.47 -> 1.029 -> 0.72)
+    np.testing.assert_allclose(result.x, [0.7203], atol=1e-6)
+    assert 0 < int(result.num_steps) < 50

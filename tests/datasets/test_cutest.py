@@ -11,8 +11,8 @@ import pytest
 import bilevax as bx
 from bilevax.datasets import cutest
 
-# sif2jax 0.0.8 takes about a minute to import (it builds CLEUVEN7's data), so the
-# check does not import it at collection time
+# sif2jax 0.0.8 takes one to two minutes to import (it builds CLEUVEN7's data):
+# the check does not import it, and `cutest.load` imports one problem at a time
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("sif2jax") is None, reason="needs sif2jax"
 )
@@ -39,11 +39,25 @@ def test_load_converts_the_conventions():
     assert jnp.all(hs76.problem.ineq(jnp.array([0.0, 0.5, 0.5, 0.0]), None) <= 0)
 
 
-def test_load_errors():
-    with pytest.raises(KeyError, match="no CUTEst problem"):
-        cutest.load("NOTAPROBLEM")
+def test_load_imports_one_problem_at_a_time():
+    import sys
+
+    cutest.load("HS40")
+    assert "sif2jax.cutest" not in sys.modules  # sif2jax's own import is not run
+
+
+def test_load_errors(monkeypatch):
     with pytest.raises(ValueError, match="unconstrained"):
         cutest.load("ROSENBR")
+
+    # an unknown name falls back to sif2jax's own lookup (stubbed: the real one
+    # imports every problem)
+    class Stub:
+        get_problem = staticmethod(lambda name: None)
+
+    monkeypatch.setattr(cutest, "_sif2jax", lambda: Stub)
+    with pytest.raises(KeyError, match="no CUTEst problem"):
+        cutest.load("NOTAPROBLEM")
 
 
 FAST = ["HS6", "HS28", "HS40", "HS78", "BT10", "HIMMELBC", "BOOTH", "TRIGON1NE"]

@@ -21,7 +21,7 @@ def _quadratic(seed, n, m):
 problems = st.tuples(st.integers(0, 2**16), st.integers(1, 12), st.integers(1, 6))
 
 
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=5, deadline=None)
 @given(problems)
 def test_implicit_jacobian_matches_dense_solve(problem):
     seed, n, m = problem
@@ -36,7 +36,7 @@ def test_implicit_jacobian_matches_dense_solve(problem):
     assert jnp.allclose(jac, jnp.linalg.solve(H, B), rtol=1e-8, atol=1e-10)
 
 
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=5, deadline=None)
 @given(problems, st.integers(0, 2**16))
 def test_jvp_and_vjp_are_transposes(problem, seed_uv):
     seed, n, m = problem
@@ -52,7 +52,7 @@ def test_jvp_and_vjp_are_transposes(problem, seed_uv):
     assert jnp.allclose(u @ Jv, JTu @ v, rtol=1e-8, atol=1e-10)
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=4, deadline=None)
 @given(st.integers(0, 2**16), st.lists(st.integers(1, 4), min_size=1, max_size=3))
 def test_pytree_solutions_of_random_shapes(seed, sizes):
     """A dict-of-arrays solution with random leaf shapes: matches the flat problem."""

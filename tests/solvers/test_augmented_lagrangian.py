@@ -4,6 +4,7 @@ conditions (finite differences, jaxopt's OSQP), vmap, infeasible problems, NaN, 
 input, float32 and an optimistix inner solver."""
 
 import functools
+import importlib.util
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +39,10 @@ BOOK_VALUES = {"HS76": -4.681818181818182}
     "name", ["HS21", "HS35", "HS71", "HS76", "HS44", "HS65", "HS100", "HS113"]
 )
 def test_cutest_inequality_problems(name):
-    pytest.importorskip("sif2jax")
+    # not importorskip: importing sif2jax takes minutes; `cutest.load` imports one
+    # problem module
+    if importlib.util.find_spec("sif2jax") is None:
+        pytest.skip("needs sif2jax")
     from bilevax.datasets import cutest
 
     p = cutest.load(name)
@@ -87,9 +91,11 @@ def test_qp_derivatives_match_jaxopt_osqp_and_finite_differences():
     problem = _qp(Q, A, G)
     y0 = jnp.zeros(6)
 
+    @jax.jit
     def ours(args):
         return S.minimize(problem, y0, args, S.AugmentedLagrangian(tol=1e-11)).y
 
+    @jax.jit
     def theirs(args):
         q, b, h = args
         # jaxopt's default implicit-diff solve is loose (errors ~3e-3 here)
@@ -109,8 +115,8 @@ def test_qp_derivatives_match_jaxopt_osqp_and_finite_differences():
     active = np.asarray(sol.multipliers["ineq"] > 1e-6)
     assert active.sum() >= 1 and (~active).sum() >= 1
     np.testing.assert_allclose(ours(args), theirs(args), atol=1e-6)
-    jac_ours = jax.jacobian(ours)(args)
-    jac_theirs = jax.jacobian(theirs)(args)
+    jac_ours = jax.jit(jax.jacobian(ours))(args)
+    jac_theirs = jax.jit(jax.jacobian(theirs))(args)
     for a, b in zip(
         jax.tree.leaves(jac_ours), jax.tree.leaves(jac_theirs), strict=True
     ):
@@ -121,7 +127,7 @@ def test_qp_derivatives_match_jaxopt_osqp_and_finite_differences():
     plus = ours(jax.tree.map(lambda x, d: x + eps * d, args, direction))
     minus = ours(jax.tree.map(lambda x, d: x - eps * d, args, direction))
     fd = (plus - minus) / (2 * eps)
-    _, jvp = jax.jvp(ours, (args,), (direction,))
+    _, jvp = jax.jit(lambda a, d: jax.jvp(ours, (a,), (d,)))(args, direction)
     np.testing.assert_allclose(jvp, fd, rtol=1e-5, atol=1e-8)
 
 
@@ -135,12 +141,12 @@ def test_nlp_with_bounds_derivatives_match_finite_differences():
     y0 = jnp.array([0.5, 1.0, 0.0])
     args = jnp.array([2.0, 0.1, 1.0])
     solver = S.AugmentedLagrangian(tol=1e-12)
-    solve = lambda a: S.minimize(problem, y0, a, solver).y
+    solve = jax.jit(lambda a: S.minimize(problem, y0, a, solver).y)
     sol = S.minimize(problem, y0, args, solver)
     assert sol.result == S.RESULTS.successful
     assert float(sol.multipliers["ineq"][0]) > 1e-3  # the circle is active
     assert float(sol.multipliers["lower"][1]) > 1e-3  # so is y1 >= 0.5
-    jac = jax.jacobian(solve)(args)
+    jac = jax.jit(jax.jacobian(solve))(args)
     eps = 1e-6
     for i in range(3):
         e = jnp.zeros(3).at[i].set(eps)
