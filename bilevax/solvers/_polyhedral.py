@@ -95,8 +95,7 @@ def project_polyhedron(
     a = _rows(eq, ineq, dtype)
     m = 0 if eq is None else jax.eval_shape(eq, target).shape[0]
     rows = jax.eval_shape(a, target).shape[0]
-    if dual0 is None:
-        dual0 = jnp.zeros((rows,), dtype)
+    dual0 = jnp.zeros((rows,), dtype) if dual0 is None else jnp.asarray(dual0, dtype)
     if dual0.shape != (rows,):
         raise ValueError(f"`dual0` must have shape ({rows},), got {dual0.shape}.")
     if tol is None:
