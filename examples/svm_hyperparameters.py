@@ -68,9 +68,14 @@ def margins(y, data):
     return labels * (Z @ w + b)
 
 
+def logistic_loss(y, data):
+    """The upper level: mean logistic loss of the classifier `y = (w, b)`."""
+    return jnp.mean(jax.nn.softplus(-margins(y, data)))
+
+
 def svm_problem(train, validation, reg: float) -> B.BilevelProblem:
     return B.BilevelProblem(
-        outer=lambda c, y, _: jnp.mean(jax.nn.softplus(-margins(y, validation))),
+        outer=lambda c, y, _: logistic_loss(y, validation),
         inner=lambda c, y, _: (
             0.5 * reg * jnp.sum(y[0] ** 2)
             + 0.5 * jnp.mean(jax.nn.relu(1 - margins(y, train)) ** 2)
@@ -87,7 +92,7 @@ def lower_level(problem: B.BilevelProblem) -> bx.solvers.ConstrainedProblem:
 
 
 def scores(y, validation, test):
-    loss = float(jnp.mean(jax.nn.softplus(-margins(y, validation))))
+    loss = float(logistic_loss(y, validation))
     accuracy = lambda data: float(jnp.mean(margins(y, data) > 0))
     return loss, accuracy(validation), accuracy(test)
 
@@ -167,7 +172,7 @@ def compare(args, seed):
             bx.solvers.AugmentedLagrangian(),
         )
     )
-    score = lambda y: scores(y, validation, test)[0]
+    score = lambda y: float(logistic_loss(y, validation))
     rows, traces = [], {}
 
     # grid search over one bound C for every sample
@@ -179,8 +184,8 @@ def compare(args, seed):
     sols = jax.block_until_ready(solve_grid(cs))
     grid_time = time.perf_counter() - start
     ok = np.asarray(sols.result == bx.solvers.RESULTS.successful)
-    val_loss = lambda y: jnp.mean(jax.nn.softplus(-margins(y, validation)))
-    losses = np.where(ok, np.asarray(jax.vmap(val_loss)(sols.y)), np.inf)
+    val_loss = jax.vmap(logistic_loss, in_axes=(0, None))(sols.y, validation)
+    losses = np.where(ok, np.asarray(val_loss), np.inf)
     best = int(np.argmin(losses))
     best_y = jax.tree.map(lambda a: a[best], sols.y)
     rows.append(

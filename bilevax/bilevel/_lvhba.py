@@ -97,10 +97,16 @@ def _flat_constraints(constraint, equality, outer_set, inner_set, x, y):
     )
 
 
-_INFEASIBLE = (
-    "The projection onto the feasible set C = {(x, y) in X x Y: c(x, y) <= 0, "
-    "e(x, y) = 0} failed: the constraints are infeasible (or NaN)."
-)
+def _checked(w, result):
+    """`w`, with a run-time error if the projection's `result` says C is empty or
+    the solve hit NaN."""
+    failed = (result == RESULTS.infeasible) | (result == RESULTS.nonfinite)
+    return eqx.error_if(
+        jax.lax.stop_gradient(w),
+        failed,
+        "The projection onto the feasible set C = {(x, y) in X x Y: c(x, y) <= 0, "
+        "e(x, y) = 0} failed: the constraints are infeasible (or NaN).",
+    )
 
 
 def coupled_projection(
@@ -135,9 +141,7 @@ def coupled_projection(
             bounds=bounds,
         )
         sol = minimize(problem, w0, jax.lax.stop_gradient(target), solver)
-        failed = (sol.result == RESULTS.infeasible) | (sol.result == RESULTS.nonfinite)
-        w = eqx.error_if(jax.lax.stop_gradient(sol.y), failed, _INFEASIBLE)
-        return unravel(w)
+        return unravel(_checked(sol.y, sol.result))
 
     return project
 
@@ -166,9 +170,7 @@ def affine_projection(
         )
         target = jfu.ravel_pytree((x, y))[0]
         sol = project_polyhedron(target, eq, ineq, bounds, dual)
-        failed = (sol.result == RESULTS.infeasible) | (sol.result == RESULTS.nonfinite)
-        w = eqx.error_if(sol.y, failed, _INFEASIBLE)
-        return (*unravel(w), sol.dual)
+        return (*unravel(_checked(sol.y, sol.result)), sol.dual)
 
     return project
 

@@ -18,6 +18,7 @@ itself is left alone; when that is not possible (a problem whose class name is n
 its SIF name, say) it imports sif2jax whole.
 """
 
+import functools
 import importlib
 import importlib.util
 import pathlib
@@ -76,6 +77,18 @@ def _package(name: str, path: pathlib.Path):
         sys.modules[name] = module
 
 
+@functools.cache
+def _class_files(root: pathlib.Path) -> dict[str, pathlib.Path]:
+    """Which file of sif2jax's `cutest` tree defines each top-level class (read
+    once per process)."""
+    found = {}
+    for path in sorted((root / "cutest").rglob("*.py")):
+        if path.name != "__init__.py":
+            for name in re.findall(r"^class (\w+)\(", path.read_text(), re.M):
+                found.setdefault(name, path)
+    return found
+
+
 def _problem_alone(name: str):
     """An instance of the sif2jax problem class `name`, importing only the module
     that defines it; `None` if it is not found that way."""
@@ -83,13 +96,8 @@ def _problem_alone(name: str):
     if spec is None or spec.origin is None:
         return None
     root = pathlib.Path(spec.origin).parent
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-        return None
-    pattern = re.compile(rf"^class {name}\(", re.M)
-    for path in sorted((root / "cutest").rglob("*.py")):
-        if path.name != "__init__.py" and pattern.search(path.read_text()):
-            break
-    else:
+    path = _class_files(root).get(name)
+    if path is None:
         return None
     *packages, module = path.relative_to(root).with_suffix("").parts
     package, directory = _ALIAS, root

@@ -14,8 +14,9 @@ primal-dual active-set rule on `μ >= 0` (Hintermüller, Ito, Kunisch 2002),
 globalised by an Armijo search on the projection arc and a projected gradient step
 where Newton makes no progress; `A` is formed once
 by forward-mode autodiff, so one step costs a `(m+p)×n×(m+p)` product and a
-Cholesky factorisation. Warm-started from the previous multipliers (`dual0`), a
-nearby projection typically takes one or two steps.
+Cholesky factorisation. Warm-started from the previous multipliers (`dual0`), the
+projections of an LV-HBA run on breast_cancer's SVM set take about three steps;
+degenerate sets (many more active rows than free variables) take tens.
 """
 
 import equinox as eqx
@@ -140,14 +141,14 @@ def project_polyhedron(
     size = 1.0 + jnp.max(jnp.abs(target)) + jnp.max(jnp.abs(a0), initial=0.0)
     too_large = lambda u: jnp.max(jnp.abs(u), initial=0.0) > eps ** (-2 / 3) * size
 
+    # loop state: (u, (v, a(v), D(u), residual) at u, steps, no progress)
     def cond(s):
-        u, k, res, value, failed = s
-        running = (k < max_steps) & (res > tol) & ~failed & ~too_large(u)
+        u, (_, _, value, res), k, stuck = s
+        running = (k < max_steps) & (res > tol) & ~stuck & ~too_large(u)
         return running & jnp.isfinite(value)
 
     def body(s):
-        u, k, res, value, _ = s
-        v, av, _, _ = evaluate(u)
+        u, (v, av, value, res), k, _ = s
         free = ((v > lower) & (v < upper)).astype(dtype)
         hess = (jac * free) @ jac.T
         shift = eps ** (2 / 3) * (1.0 + jnp.max(jnp.diag(hess), initial=0.0))
@@ -183,14 +184,12 @@ def project_polyhedron(
         # no Newton progress (a degenerate vertex): a projected gradient step
         # with step 1/‖A‖²_F always ascends
         u_new = jnp.where(ok, u_new, clip_dual(u + av / lipschitz))
-        _, _, new_value, new_res = evaluate(u_new)
-        return u_new, k + 1, new_res, new_value, ~ok & (new_value <= value)
+        new = evaluate(u_new)
+        return u_new, new, k + 1, ~ok & (new[2] <= value)
 
-    _, _, value0, res0 = evaluate(dual0)
-    u, steps, res, value, _ = jax.lax.while_loop(
-        cond, body, (dual0, jnp.array(0), res0, value0, jnp.array(False))
+    u, (y, _, value, res), steps, _ = jax.lax.while_loop(
+        cond, body, (dual0, evaluate(dual0), jnp.array(0), jnp.array(False))
     )
-    y = primal(u)
     diverged = too_large(u)
     result = RESULTS.where(
         res <= tol,

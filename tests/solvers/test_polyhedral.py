@@ -64,12 +64,12 @@ def test_box_only_is_the_clip_and_inside_points_stay():
     target = jnp.array([-3.0, -0.5, 0.0, 0.5, 3.0])
     sol = S.project_polyhedron(target, bounds=(lower, upper))
     np.testing.assert_allclose(sol.y, jnp.clip(target, lower, upper))
+    # a point of the polyhedron (the projection of its box corner) stays put
     eq, ineq, bounds, _ = _polyhedron(0)
-    inside = S.project_polyhedron(target := bounds[0] + 0.0, eq, ineq, bounds).y
+    inside = S.project_polyhedron(bounds[0], eq, ineq, bounds).y
     again = S.project_polyhedron(inside, eq, ineq, bounds)
     np.testing.assert_allclose(again.y, inside, atol=1e-9)
     assert int(again.num_steps) <= 1
-    del target
 
 
 def test_warm_start_from_a_nearby_projection():
