@@ -7,13 +7,21 @@
 - Algorithms, each with `init`/`step`/`run` returning a `BilevelResult`:
   `HypergradientDescent`, `HOAG`, `F2SA`, `PenaltyMethod`, and `LVHBA` for
   lower levels with constraints `inner_constraints(x, y) <= 0`.
+- `DatasetDistillation` (KIP, RCIG-style): learn a small synthetic training set,
+  with a `KernelRidge` (closed form) or `LinearizedNetwork` (implicit) inner model;
+  `kernels`: RBF, NNGP and NTK kernels.
 - `sets`: convex sets by their projections (`Box`, `Ball`, `Simplex`, ...).
 - Inner solvers: `GradientDescent`, `LBFGS`, and `ConstrainedInner` (a
   `bilevax.solvers` solve, differentiated through its KKT conditions).
 - `sample_batch`: minibatches drawn inside `jit`.
 """
 
-from . import sets as sets
+from . import kernels as kernels, sets as sets
+from ._distillation import (
+    DatasetDistillation as DatasetDistillation,
+    KernelRidge as KernelRidge,
+    LinearizedNetwork as LinearizedNetwork,
+)
 from ._hypergradient import (
     ConstrainedInner as ConstrainedInner,
     HypergradientStats as HypergradientStats,
@@ -59,15 +67,19 @@ __all__ = [
     "BilevelProblem",
     "BilevelResult",
     "ConstrainedInner",
+    "DatasetDistillation",
     "GradientDescent",
     "History",
     "HypergradientDescent",
     "HypergradientStats",
+    "KernelRidge",
+    "LinearizedNetwork",
     "PenaltyMethod",
     "StepInfo",
     "affine_projection",
     "coupled_projection",
     "hypergradient",
+    "kernels",
     "sample_batch",
     "sets",
 ]

@@ -242,3 +242,27 @@ def test_init_does_not_receive_gradient_and_solver_internals_are_not_traced():
     g_x, g_init = jax.grad(outer, argnums=(0, 1))(X_VECTOR, jnp.zeros(8))
     assert _rel(g_x, problem.hypergradient(X_VECTOR)) < 1e-8
     assert jnp.all(g_init == 0)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known bug: lineax's transposed linear_solve under vmap fails when the "
+    "cotangent's leaves are batched differently; take per-example gradients under "
+    "vmap instead (as examples/meta_learning.py does)",
+)
+def test_grad_of_vmap_with_a_shared_pytree_parameter():
+    def objective(y, theta, a):
+        return (
+            0.5 * jnp.sum((y["u"] * a - 1) ** 2)
+            + 0.5 * jnp.sum((y["v"] - theta["v"]) ** 2)
+            + 0.5 * jnp.sum((y["u"] - theta["u"]) ** 2)
+        )
+
+    @custom_root(conditions.stationarity(objective))
+    def solve(init, theta, a):
+        return init
+
+    loss = lambda theta, a: jnp.sum(solve(theta, theta, a)["u"] ** 2)
+    theta = {"u": jnp.arange(3.0), "v": jnp.ones(2)}
+    A = jnp.ones((4, 3))
+    jax.grad(lambda t: jax.vmap(loss, in_axes=(None, 0))(t, A).sum())(theta)
