@@ -77,13 +77,26 @@ def network(side: int):
     return lambda key: _Flat(eqx.nn.MLP(side * side, C, 512, 2, key=key))
 
 
+@eqx.filter_jit
+def _kernel_fit(model, X_s, Y_s):
+    return model.fit(X_s, Y_s)
+
+
+@eqx.filter_jit
+def _kernel_predictions(model, X_s, alpha, X):
+    return jnp.argmax(model.predict(X_s, alpha, X), -1)
+
+
 def kernel_accuracy(model, support, test) -> float:
+    """Test accuracy of kernel ridge regression fitted once on `support` (test
+    predictions in chunks of 2000)."""
+    X_s, Y_s = support
     X_test, y_test = test
-    predict = jax.jit(lambda X_s, Y_s, X: model.predict(X_s, model.fit(X_s, Y_s), X))
+    alpha = _kernel_fit(model, X_s, Y_s)
     hits = sum(
         int(
             jnp.sum(
-                jnp.argmax(predict(*support, X_test[i : i + 2000]), -1)
+                _kernel_predictions(model, X_s, alpha, X_test[i : i + 2000])
                 == y_test[i : i + 2000]
             )
         )
@@ -92,35 +105,38 @@ def kernel_accuracy(model, support, test) -> float:
     return hits / X_test.shape[0]
 
 
-def network_accuracy(make, support, test, key, steps=1000) -> float:
-    """Train a fresh network on `support` (MSE to its targets, Adam 1e-3, batches of
-    up to 256) and return its test accuracy, mean over two initialisations."""
-    X_s, Y_s = support
-    X_test, y_test = test
+@eqx.filter_jit
+def _train_and_score(make, key, X_s, Y_s, X_test, y_test, steps):
+    """Train `make(key)` on `(X_s, Y_s)` (MSE to the targets, Adam 1e-3, batches of
+    up to 256, `steps` steps) and return its test accuracy."""
     optimizer = optax.adam(1e-3)
     batch = min(X_s.shape[0], 256)
+    init_key, data_key = jax.random.split(key)
+    params, static = eqx.partition(make(init_key), eqx.is_array)
 
-    @jax.jit
-    def fit(key, X_s, Y_s):
-        init_key, data_key = jax.random.split(key)
-        params, static = eqx.partition(make(init_key), eqx.is_array)
+    def loss(p, idx):
+        out = jax.vmap(eqx.combine(p, static))(X_s[idx])
+        return jnp.mean(jnp.sum((out - Y_s[idx]) ** 2, -1))
 
-        def loss(p, idx):
-            out = jax.vmap(eqx.combine(p, static))(X_s[idx])
-            return jnp.mean(jnp.sum((out - Y_s[idx]) ** 2, -1))
+    def step(carry, key):
+        p, state = carry
+        idx = jax.random.choice(key, X_s.shape[0], (batch,), replace=False)
+        updates, state = optimizer.update(jax.grad(loss)(p, idx), state, p)
+        return (optax.apply_updates(p, updates), state), None
 
-        def step(carry, key):
-            p, state = carry
-            idx = jax.random.choice(key, X_s.shape[0], (batch,), replace=False)
-            updates, state = optimizer.update(jax.grad(loss)(p, idx), state, p)
-            return (optax.apply_updates(p, updates), state), None
+    keys = jax.random.split(data_key, steps)
+    (params, _), _ = jax.lax.scan(step, (params, optimizer.init(params)), keys)
+    logits = jax.vmap(eqx.combine(params, static))(X_test)
+    return jnp.mean(jnp.argmax(logits, -1) == y_test)
 
-        keys = jax.random.split(data_key, steps)
-        (params, _), _ = jax.lax.scan(step, (params, optimizer.init(params)), keys)
-        logits = jax.vmap(eqx.combine(params, static))(X_test)
-        return jnp.mean(jnp.argmax(logits, -1) == y_test)
 
-    accuracies = [fit(k, X_s, Y_s) for k in jax.random.split(key, 2)]
+def network_accuracy(make, support, test, key, steps=1000) -> float:
+    """Test accuracy of a fresh network trained on `support`, mean over two
+    initialisations."""
+    accuracies = [
+        _train_and_score(make, k, *support, *test, steps)
+        for k in jax.random.split(key, 2)
+    ]
     return float(jnp.mean(jnp.stack(accuracies)))
 
 

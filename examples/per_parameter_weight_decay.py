@@ -119,15 +119,15 @@ def main():
     inner_solver = bx.bilevel.GradientDescent(
         num_steps=args.inner_steps, stepsize=args.lr
     )
-    adjoint = bx.implicit.ImplicitAdjoint(
-        bx.implicit.Neumann(steps=args.neumann_steps, scale=args.lr)
+    adjoint = lambda steps: bx.implicit.ImplicitAdjoint(
+        bx.implicit.Neumann(steps=steps, scale=args.lr)
     )
 
-    def train_with(optimizer, log_decay, key):
+    def train_with(optimizer, log_decay, key, neumann_steps):
         algorithm = bx.bilevel.HypergradientDescent(
             optimizer,
             inner_solver,
-            adjoint,
+            adjoint(neumann_steps),
             batch_size=args.batch_size,
             tol=0.0,  # always `inner_steps` training steps per outer step
         )
@@ -155,7 +155,8 @@ def main():
     for decay in grid:
         log_decay = like(np.log(max(decay, 1e-12)))  # 0 as 1e-12: λ stays finite
         start = time.perf_counter()
-        result = jax.block_until_ready(run(optax.set_to_zero(), log_decay, key))
+        # λ frozen: the hypergradient is discarded, so form the cheapest (0 terms)
+        result = jax.block_until_ready(run(optax.set_to_zero(), log_decay, key, 0))
         elapsed = time.perf_counter() - start
         rows.append((decay, *evaluate(result.y)))
         print(row.format(f"scalar {decay:g}", *rows[-1][1:], elapsed))
@@ -165,7 +166,12 @@ def main():
     start_decay = max(best[0], 1e-4)
     start = time.perf_counter()
     result = jax.block_until_ready(
-        run(optax.adam(args.hyper_lr), like(np.log(start_decay)), key)
+        run(
+            optax.adam(args.hyper_lr),
+            like(np.log(start_decay)),
+            key,
+            args.neumann_steps,
+        )
     )
     elapsed = time.perf_counter() - start
     per_weight = evaluate(result.y)
@@ -199,7 +205,7 @@ def main():
         lam,
         w,
         bx.bilevel.GradientDescent(num_steps=0, stepsize=args.lr),
-        adjoint,
+        adjoint(args.neumann_steps),
         b,
     )[1]
     step_mem, step_time = memory_and_time(train_step, log_decay, params, step_data[0])

@@ -74,14 +74,16 @@ class KernelRidge(eqx.Module):
     kernel: AbstractKernel = NNGP()
     regularization: float = 1e-6
 
+    def _gram(self, X_s: Array) -> tuple[Array, Array]:
+        """`K_ss` and the ridge `ρ = regularization · tr(K_ss)/n_s`."""
+        K = self.kernel(X_s, X_s)
+        return K, self.regularization * jnp.trace(K) / K.shape[0]
+
     def fit(self, X_s: Array, Y_s: Array) -> Array:
         """`α* (n_s, C)` of the support set."""
-        K = self.kernel(X_s, X_s)
-        n = K.shape[0]
-        rho = self.regularization * jnp.trace(K) / n
-        return jax.scipy.linalg.solve(
-            K + rho * jnp.eye(n, dtype=K.dtype), Y_s, assume_a="pos"
-        )
+        K, rho = self._gram(X_s)
+        eye = jnp.eye(K.shape[0], dtype=K.dtype)
+        return jax.scipy.linalg.solve(K + rho * eye, Y_s, assume_a="pos")
 
     def predict(self, X_s: Array, alpha: Array, X: Array) -> Array:
         """Predictions `K(X, X_s) α` of shape `(n, C)`."""
@@ -93,11 +95,9 @@ class KernelRidge(eqx.Module):
 
         def inner(x, alpha, _):
             X_s, Y_s = x
-            K = self.kernel(X_s, X_s)
-            n = K.shape[0]
-            rho = self.regularization * jnp.trace(K) / n
+            K, rho = self._gram(X_s)
             quad = jnp.sum(alpha * (K @ alpha)) + rho * jnp.sum(alpha**2)
-            return (0.5 * quad - jnp.sum(alpha * Y_s)) / n
+            return (0.5 * quad - jnp.sum(alpha * Y_s)) / K.shape[0]
 
         def outer(x, alpha, batch):
             X_t, Y_t = batch
@@ -226,8 +226,8 @@ class LinearizedNetwork(eqx.Module):
         return (theta0, jtu.tree_map(jnp.zeros_like, theta0)), pool
 
     def _solve(self, x, pool: _Pool, key):
-        """Meta-step part: draw a pool network, fit `Δθ*` (implicitly
-        differentiable in `x`), and train the pool network on the support."""
+        """Draw a pool network and fit `Δθ*` (implicitly differentiable in `x`);
+        returns `((θ0, Δθ*), (pool index, key))` for `_update`."""
         pick, fresh = jax.random.split(key)
         i = jax.random.randint(pick, (), 0, self.pool_size)
         theta0 = jtu.tree_map(lambda a: a[i], pool.params)
@@ -251,8 +251,9 @@ class LinearizedNetwork(eqx.Module):
         theta = jax.lax.fori_loop(0, self.pool_steps, train, theta)
         age = pool.age[i] + self.pool_steps
         renew = age >= self.max_age
-        fresh = self._new_params(key, jnp.result_type(X_s))
-        theta = jtu.tree_map(lambda a, b: jnp.where(renew, b, a), theta, fresh)
+        theta = jax.lax.cond(
+            renew, lambda: self._new_params(key, jnp.result_type(X_s)), lambda: theta
+        )
         params = jtu.tree_map(lambda P, a: P.at[i].set(a), pool.params, theta)
         return _Pool(params, pool.age.at[i].set(jnp.where(renew, 0, age)))
 
@@ -367,7 +368,6 @@ class DatasetDistillation(AbstractBilevelAlgorithm):
                 f"but `support` has {X_s.shape[1:]} and {Y_s.shape[1]}."
             )
         support = (X_s, Y_s.astype(X_s.dtype))
-        key = jax.random.key(0) if key is None else key
         y0 = jax.eval_shape(self.model._init_inner, support, jax.random.key(0))[0]
         y0 = jtu.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), y0)
         return super().run(
