@@ -229,7 +229,7 @@ def main():
             support, data, key=key, num_steps=per_chunk, state=state
         )
     )
-    curves = {}
+    curves, histories, seconds = {}, {}, {}
     for ipc in args.ipc:
         idx = random_subset(y, ipc, rng)
         support = (X[idx], Y[idx])
@@ -237,7 +237,7 @@ def main():
         key = jax.random.key(args.seed)
         state = distill.init(distill.problem(), support, None, None, key)
         jax.block_until_ready(run(support, state, key, (X, Y)))  # compile
-        steps_done, accuracy, elapsed = [0], [baseline], 0.0
+        steps_done, accuracy, elapsed, records = [0], [baseline], 0.0, []
         for i in range(chunks):
             t = time.perf_counter()
             result = jax.block_until_ready(
@@ -248,9 +248,17 @@ def main():
                 print(f"  run stopped: {result.result}")
                 break
             state = result.state
+            history = result.history
+            records.append(
+                eqx.tree_at(lambda h: h.step, history, history.step + steps_done[-1])
+            )
             steps_done.append(steps_done[-1] + per_chunk)
             accuracy.append(evaluate(result.x))
         curves[ipc] = (steps_done, accuracy)
+        if records:
+            label = f"{ipc} per class"
+            histories[label] = jax.tree.map(lambda *a: jnp.concatenate(a), *records)
+            seconds[label] = elapsed
         print(
             f"{ipc:>3} per class: random subset {baseline:.3f} -> distilled "
             f"{accuracy[-1]:.3f} after {steps_done[-1]} steps ({elapsed:.1f} s, "
@@ -279,6 +287,11 @@ def main():
     )
     fig.savefig(path, dpi=120)
     print(f"accuracy plot: {path}")
+    if histories:
+        fig, _ = bx.bilevel.plot_history(histories, seconds=seconds, title=name)
+        path = path.replace(".png", "_history.png")
+        fig.savefig(path, dpi=120)
+        print(f"loss and hypergradient norm against time: {path}")
 
 
 if __name__ == "__main__":

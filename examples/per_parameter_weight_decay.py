@@ -217,18 +217,14 @@ def main():
         f"{1e3 * hyper_time:.1f} ms ({hyper_time / step_time:.1f}x)"
     )
 
-    import matplotlib.pyplot as plt
-
     os.makedirs(args.out, exist_ok=True)
-    history = result.history
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(history.step, history.outer_loss, label="per-weight decay (validation)")
-    ax.axhline(best[1], color="k", ls="--", label=f"best scalar decay {best[0]:g}")
-    ax.set_xlabel("outer step")
-    ax.set_ylabel("validation cross-entropy")
-    ax.set_title(f"{num_weights:,} weight decays, {args.dataset}")
-    ax.legend()
-    fig.tight_layout()
+    fig, (loss_ax, _) = bx.bilevel.plot_history(
+        {"per-weight decay": result},
+        title=f"{num_weights:,} weight decays, {args.dataset}",
+    )
+    loss_ax.axhline(best[1], color="k", ls="--", label=f"best scalar decay {best[0]:g}")
+    loss_ax.set_ylabel("validation cross-entropy")
+    loss_ax.legend()
     path = os.path.join(args.out, f"per_parameter_weight_decay_{args.dataset}.png")
     fig.savefig(path, dpi=120)
     print(f"plot: {path}")

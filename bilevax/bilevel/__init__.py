@@ -13,7 +13,8 @@
 - `sets`: convex sets by their projections (`Box`, `Ball`, `Simplex`, ...).
 - Inner solvers: `GradientDescent`, `LBFGS`, and `ConstrainedInner` (a
   `bilevax.solvers` solve, differentiated through its KKT conditions).
-- `sample_batch`: minibatches drawn inside `jit`.
+- `sample_batch`: minibatches drawn inside `jit`; `plot_history`: loss and
+  hypergradient-norm curves of runs.
 """
 
 from . import kernels as kernels, sets as sets
@@ -42,6 +43,7 @@ from ._lvhba import (
     coupled_projection as coupled_projection,
 )
 from ._penalty import F2SA as F2SA, PenaltyMethod as PenaltyMethod
+from ._plot import plot_history as plot_history
 from ._problem import (
     BilevelData as BilevelData,
     BilevelProblem as BilevelProblem,
@@ -80,6 +82,7 @@ __all__ = [
     "coupled_projection",
     "hypergradient",
     "kernels",
+    "plot_history",
     "sample_batch",
     "sets",
 ]

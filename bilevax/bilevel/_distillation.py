@@ -345,6 +345,7 @@ class DatasetDistillation(AbstractBilevelAlgorithm):
         num_steps: int = 1000,
         record_every: int | None = None,
         progress: bool = False,
+        callback=None,
         state=None,
     ) -> BilevelResult:
         """Distil `data = (X, Y)` into a support set initialised at `support`.
@@ -355,7 +356,7 @@ class DatasetDistillation(AbstractBilevelAlgorithm):
           subset with its one-hot targets.
         - `data`: real `(X (n, ...), Y (n, C))`; `X` of the same trailing shape and
           dtype as `X_s`.
-        - `key`, `num_steps`, `record_every`, `progress`, `state`: as
+        - `key`, `num_steps`, `record_every`, `progress`, `callback`, `state`: as
           `AbstractBilevelAlgorithm.run`.
 
         **Returns:** a `BilevelResult`; `x` is the distilled support set.
@@ -379,5 +380,6 @@ class DatasetDistillation(AbstractBilevelAlgorithm):
             num_steps=num_steps,
             record_every=record_every,
             progress=progress,
+            callback=callback,
             state=state,
         )

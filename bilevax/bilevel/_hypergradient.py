@@ -14,6 +14,7 @@ import jax.tree_util as jtu
 import lineax as lx
 from jaxtyping import Array, PyTree
 
+from .._display import fields_repr, status_name, summarize
 from ..implicit import ImplicitAdjoint, conditions, iterate, root_vjp
 from ..implicit._iterate import AbstractIterateAdjoint
 from ..implicit._linear_solve import CG, default_tolerance
@@ -84,6 +85,20 @@ class HypergradientStats(eqx.Module):
     linear_residual: Array
     linear_result: lx.RESULTS
     inner_failed: Array = eqx.field(default_factory=lambda: jnp.array(False))
+
+    def __repr__(self):
+        fields = {
+            k: summarize(getattr(self, k))
+            for k in (
+                "inner_steps",
+                "inner_residual",
+                "linear_steps",
+                "linear_residual",
+            )
+        }
+        fields["linear_result"] = status_name(self.linear_result)
+        fields["inner_failed"] = summarize(self.inner_failed)
+        return fields_repr("HypergradientStats", fields)
 
 
 def hypergradient(

@@ -12,6 +12,8 @@ the current `x`) is undone and the run stops with `RESULTS.inner_failed`.
 """
 
 import abc
+from collections.abc import Callable
+from typing import Any
 
 import equinox as eqx
 import equinox.internal as eqxi
@@ -20,6 +22,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 from jaxtyping import Array, PyTree
 
+from .._display import fields_repr, status_name, summarize
 from ..implicit._tree import tree_all_finite, tree_norm
 from ._problem import BilevelData, BilevelProblem, as_data, check_problem
 
@@ -61,6 +64,15 @@ class History(eqx.Module):
     hypergradient_norm: Array
     inner_residual: Array
 
+    def __repr__(self):
+        fields = {"records": summarize(self.step)}
+        if self.step.ndim == 1 and not isinstance(self.step, jax.core.Tracer):
+            fields["last"] = f"step {summarize(self.step[-1])}: " + ", ".join(
+                f"{k}={summarize(getattr(self, k)[-1])}"
+                for k in ("outer_loss", "hypergradient_norm", "inner_residual")
+            )
+        return fields_repr("History", fields)
+
 
 class BilevelResult(eqx.Module):
     """Result of `run`: final `x`, `y`, the algorithm's `state` (to continue a run),
@@ -72,6 +84,18 @@ class BilevelResult(eqx.Module):
     history: History
     result: RESULTS
     num_steps: Array
+
+    def __repr__(self):
+        fields = {
+            "result": status_name(self.result),
+            "num_steps": summarize(self.num_steps),
+        }
+        h = self.history
+        if h.step.ndim == 1 and not isinstance(h.step, jax.core.Tracer):
+            for k in ("outer_loss", "hypergradient_norm", "inner_residual"):
+                fields[k] = summarize(getattr(h, k)[-1])
+        fields["x"], fields["y"] = summarize(self.x), summarize(self.y)
+        return fields_repr("BilevelResult", fields)
 
 
 def _full_batch_record(problem, x, y, data: BilevelData, info: StepInfo, k):
@@ -107,6 +131,7 @@ class AbstractBilevelAlgorithm(eqx.Module):
         num_steps: int = 1000,
         record_every: int | None = None,
         progress: bool = False,
+        callback: Callable[[History, PyTree[Array], PyTree[Array]], Any] | None = None,
         state=None,
     ) -> BilevelResult:
         """Run `num_steps` outer iterations.
@@ -120,8 +145,15 @@ class AbstractBilevelAlgorithm(eqx.Module):
         - `num_steps`: outer iterations (a Python int).
         - `record_every`: history period (default: about 100 records). `num_steps`
           is rounded up to a multiple of it.
-        - `progress`: show a tqdm progress bar (runs chunks from Python; not for use
-          inside `jit`/`vmap`).
+        - `progress`: show a live tqdm bar with the outer loss and hypergradient
+          norm of the latest record.
+        - `callback`: `callback(record, x, y)` is called after every
+          `record_every` steps with that step's `History` record (scalars) and the
+          current iterates, e.g. to log or checkpoint.
+
+          With `progress` or `callback` the loop runs one compiled chunk of
+          `record_every` steps at a time from Python, with the same numbers as the
+          single compiled loop; it cannot be used inside `jit`/`vmap`.
         - `state`: continue from the `state` of an earlier result instead of
           `init` (then `x0`, `y0` are only used for checks).
 
@@ -139,19 +171,10 @@ class AbstractBilevelAlgorithm(eqx.Module):
             state = self.init(problem, x0, y0, data, init_key)
         keys = jax.random.split(run_key, (num_records, record_every))
         carry = (state, jnp.array(_RUNNING, jnp.int32), jnp.array(0))
-        if progress:
-            chunk = eqx.filter_jit(_chunk)
-            try:
-                from tqdm import tqdm
-            except ImportError as e:  # pragma: no cover - depends on environment
-                raise ImportError(
-                    "`progress=True` needs tqdm: `pip install tqdm`."
-                ) from e
-            records = []
-            for i in tqdm(range(num_records), desc=type(self).__name__):
-                carry, rec = chunk(self, problem, data, carry, keys[i])
-                records.append(rec)
-            history = jtu.tree_map(lambda *r: jnp.stack(r), *records)
+        if progress or callback is not None:
+            history, carry = _run_from_python(
+                self, problem, data, carry, keys, progress, callback
+            )
         else:
             carry, history = jax.lax.scan(
                 lambda c, k: _chunk(self, problem, data, c, k), carry, keys
@@ -169,6 +192,40 @@ class AbstractBilevelAlgorithm(eqx.Module):
 
 
 _RUNNING, _DIVERGED, _INNER_FAILED = 0, 1, 2
+
+
+def _run_from_python(algorithm, problem, data, carry, keys, progress, callback):
+    """The records one compiled chunk at a time, with a bar and/or a callback."""
+    if any(isinstance(a, jax.core.Tracer) for a in jtu.tree_leaves((carry, data))):
+        raise ValueError(
+            "`progress=True` and `callback` drive the run from Python and cannot be "
+            "used inside `jit` or `vmap`; call `run` outside them."
+        )
+    bar = None
+    if progress:
+        try:
+            from tqdm.auto import tqdm
+        except ImportError as e:  # pragma: no cover - depends on environment
+            raise ImportError("`progress=True` needs tqdm: `pip install tqdm`.") from e
+        bar = tqdm(total=keys.shape[0] * keys.shape[1], desc=type(algorithm).__name__)
+    chunk = eqx.filter_jit(_chunk)
+    records = []
+    try:
+        for chunk_keys in keys:
+            carry, record = chunk(algorithm, problem, data, carry, chunk_keys)
+            records.append(record)
+            if bar is not None:
+                bar.update(chunk_keys.shape[0])
+                bar.set_postfix(
+                    outer_loss=f"{float(record.outer_loss):.4g}",
+                    hypergradient_norm=f"{float(record.hypergradient_norm):.3g}",
+                )
+            if callback is not None:
+                callback(record, *algorithm.iterates(carry[0]))
+    finally:
+        if bar is not None:
+            bar.close()
+    return jtu.tree_map(lambda *r: jnp.stack(r), *records), carry
 
 
 def _chunk(algorithm, problem, data, carry, keys):

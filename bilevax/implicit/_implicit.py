@@ -24,6 +24,7 @@ import jax.tree_util as jtu
 import lineax as lx
 from jaxtyping import Array, PyTree
 
+from .._display import fields_repr, status_name, summarize
 from ._linear_solve import default_linear_solver, wrap_solver
 from ._tree import tree_all_finite
 from .conditions import fixed_point
@@ -43,6 +44,16 @@ class ImplicitStats(eqx.Module):
     num_steps: Array
     residual: Array
     result: lx.RESULTS
+
+    def __repr__(self):
+        return fields_repr(
+            "ImplicitStats",
+            {
+                "num_steps": summarize(self.num_steps),
+                "residual": summarize(self.residual),
+                "result": status_name(self.result),
+            },
+        )
 
 
 def _is_none(x):

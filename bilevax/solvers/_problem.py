@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, PyTree
 
+from .._display import fields_repr, status_name, summarize
+
 
 class RESULTS(eqxi.Enumeration):
     """Status of a constrained solve."""
@@ -61,6 +63,15 @@ class ConstrainedSolution(eqx.Module):
     multipliers: dict[str, Array]
     stats: dict[str, Array]
     result: RESULTS
+
+    def __repr__(self):
+        fields = {"result": status_name(self.result)}
+        first = [k for k in ("num_steps", "kkt_residual") if k in self.stats]
+        for k in first + sorted(set(self.stats) - set(first)):
+            fields[k] = summarize(self.stats[k])
+        fields["y"] = summarize(self.y)
+        fields["multipliers"] = summarize(self.multipliers)
+        return fields_repr("ConstrainedSolution", fields)
 
 
 def check_constraint_output(fn, name: str, y, args) -> int:
