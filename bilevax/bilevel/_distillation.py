@@ -69,6 +69,21 @@ class KernelRidge(eqx.Module):
 
     **Arguments:** `kernel` (a `bilevax.bilevel.kernels` kernel, default `NNGP()`),
     `regularization` (default 1e-6, as KIP).
+
+    Example:
+
+    ```python
+    >>> import jax, jax.numpy as jnp
+    >>> import bilevax as bx
+    >>> X = jax.random.normal(jax.random.key(0), (20, 5))
+    >>> Y = jnp.stack([X[:, 0] > 0, X[:, 0] <= 0], 1) - 0.5  # 2 classes, centred
+    >>> model = bx.bilevel.KernelRidge(bx.bilevel.kernels.NNGP())
+    >>> alpha = model.fit(X, Y)
+    >>> predictions = model.predict(X, alpha, X)
+    >>> float(jnp.mean(jnp.argmax(predictions, 1) == jnp.argmax(Y, 1)))
+    1.0
+
+    ```
     """
 
     kernel: AbstractKernel = NNGP()
@@ -145,6 +160,25 @@ class LinearizedNetwork(eqx.Module):
       (e.g. an image `(1, 28, 28)` or a vector) to `C` outputs.
     - `l2`, `temperature`, `inner_steps`, `adjoint_steps`, `pool_size`,
       `pool_steps`, `pool_lr`, `max_age`: as above.
+
+    Example:
+
+    ```python
+    >>> import equinox as eqx, jax, jax.numpy as jnp, optax
+    >>> import bilevax as bx
+    >>> X = jax.random.normal(jax.random.key(0), (200, 4))
+    >>> Y = jax.nn.one_hot((X[:, 0] > 0).astype(int), 2) - 0.5
+    >>> model = bx.bilevel.LinearizedNetwork(
+    ...     lambda key: eqx.nn.MLP(4, 2, 16, 1, key=key),
+    ...     inner_steps=10,
+    ...     adjoint_steps=10,
+    ... )
+    >>> distill = bx.bilevel.DatasetDistillation(model, optax.adam(1e-2), batch_size=99)
+    >>> result = distill.run((X[:4], Y[:4]), (X, Y), num_steps=20)
+    >>> print(result.result == bx.bilevel.RESULTS.successful, result.x[0].shape)
+    True (4, 4)
+
+    ```
     """
 
     network: Callable[[Array], eqx.Module]

@@ -33,6 +33,24 @@ class ConstrainedInner(eqx.Module):
 
     **Arguments:** `solver` (default `bilevax.solvers.AugmentedLagrangian()`),
     `bounds` (`(lower, upper)` like `y`, or `None`).
+
+    Example:
+
+    ```python
+    >>> import jax.numpy as jnp
+    >>> import bilevax as bx
+    >>> problem = bx.bilevel.BilevelProblem(  # y*(x) = min(x, 4)
+    ...     outer=lambda x, y, b: 0.5 * (jnp.sum((x - 1) ** 2) + jnp.sum((y - 3) ** 2)),
+    ...     inner=lambda x, y, b: jnp.sum(0.5 * y**2 - 4 * y),
+    ...     inner_constraints=lambda x, y: y - x,
+    ... )
+    >>> inner = bx.bilevel.ConstrainedInner()
+    >>> x = jnp.array([1.0])
+    >>> value, grad, y, _ = bx.bilevel.hypergradient(problem, x, jnp.zeros(1), inner)
+    >>> print(y.round(3), grad.round(3))  # dF/dx = (x - 1) + (y - 3) dy/dx
+    [1.] [-2.]
+
+    ```
     """
 
     solver: eqx.Module = AugmentedLagrangian()
@@ -77,6 +95,24 @@ class HypergradientStats(eqx.Module):
       is none).
     - `inner_failed`: the inner solve reported failure (only `ConstrainedInner`
       reports: infeasible constraints, no convergence, NaN).
+
+    Example:
+
+    ```python
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import bilevax as bx
+    >>> problem = bx.bilevel.BilevelProblem(  # y*(x) = x, F(x) = ½‖x - 1‖² + ½‖x‖²
+    ...     outer=lambda x, y, b: 0.5 * jnp.sum((y - 1.0) ** 2) + 0.5 * jnp.sum(x**2),
+    ...     inner=lambda x, y, b: 0.5 * jnp.sum((y - x) ** 2),
+    ... )
+    >>> x0, y0 = jnp.zeros(2), jnp.zeros(2)
+    >>> _, _, _, stats = bx.bilevel.hypergradient(problem, jnp.ones(2), y0)
+    >>> stats
+    HypergradientStats(inner_steps=1, inner_residual=0, linear_steps=0,
+                       linear_residual=0, linear_result=successful,
+                       inner_failed=False)
+
+    ```
     """
 
     inner_steps: Array
@@ -131,6 +167,26 @@ def hypergradient(
 
     **Returns:** `(value, grad, y, stats)`: the outer loss at `(x, y)`, the
     hypergradient (a pytree like `x`), the inner solution and `HypergradientStats`.
+
+    Example:
+
+    ```python
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import bilevax as bx
+    >>> problem = bx.bilevel.BilevelProblem(  # y*(x) = x, F(x) = ½‖x - 1‖² + ½‖x‖²
+    ...     outer=lambda x, y, b: 0.5 * jnp.sum((y - 1.0) ** 2) + 0.5 * jnp.sum(x**2),
+    ...     inner=lambda x, y, b: 0.5 * jnp.sum((y - x) ** 2),
+    ... )
+    >>> x0, y0 = jnp.zeros(2), jnp.zeros(2)
+    >>> x = jnp.array([1.0, 2.0])
+    >>> value, grad, y, stats = bx.bilevel.hypergradient(problem, x, y0)
+    >>> print(grad.round(4))  # exact: (x - 1) + x
+    [1. 3.]
+    >>> adjoint = bx.implicit.TruncatedAdjoint(10)
+    >>> print(bx.bilevel.hypergradient(problem, x, y0, adjoint=adjoint)[1].round(4))
+    [1. 3.]
+
+    ```
     """
     data = as_data(data)
     check_problem(problem, x, y0, data)

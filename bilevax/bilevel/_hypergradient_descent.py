@@ -66,6 +66,23 @@ class HypergradientDescent(AbstractBilevelAlgorithm):
       levels (stochastic hypergradients).
     - `tol`: inner/adjoint tolerance of the implicit adjoint (see `hypergradient`).
     - `project`: optional projection of `x` onto a convex set after each step.
+
+    Example:
+
+    ```python
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import bilevax as bx
+    >>> problem = bx.bilevel.BilevelProblem(  # y*(x) = x, F(x) = ½‖x - 1‖² + ½‖x‖²
+    ...     outer=lambda x, y, b: 0.5 * jnp.sum((y - 1.0) ** 2) + 0.5 * jnp.sum(x**2),
+    ...     inner=lambda x, y, b: 0.5 * jnp.sum((y - x) ** 2),
+    ... )
+    >>> x0, y0 = jnp.zeros(2), jnp.zeros(2)
+    >>> solver = bx.bilevel.HypergradientDescent(optax.sgd(0.5))
+    >>> result = solver.run(problem, x0, y0, num_steps=50)
+    >>> print(result.x.round(4), result.result == bx.bilevel.RESULTS.successful)
+    [0.5 0.5] True
+
+    ```
     """
 
     optimizer: optax.GradientTransformation = optax.adam(1e-2)
@@ -126,16 +143,18 @@ class HOAG(AbstractBilevelAlgorithm):
       set `L ← 0.95 L`;
     - else if `F_k > F_{k-1} + s_k`: reject it (restore `x_{k-1}`), `L ← 2L`,
       `ε_k ← ε_k / 2`;
-    - otherwise accept it;
+    - otherwise accept it, with `L ← 2L`;
 
     then step `x ← Proj(x - p/L)`. `L` starts at `‖p_0‖/√dim(x)` (or 1 when
     `‖p_0‖ <= 1e-3`). Deterministic (whole data).
 
-    This departs from HOAG's code in two places, both to make the rule a proper
+    This departs from HOAG's code in three places, all to make the rule a proper
     backtracking: the decrease required is `LΔ²/2` (the descent lemma's; HOAG asks
-    for `LΔ²`, which exact gradient steps cannot meet), and any increase beyond the
+    for `LΔ²`, which exact gradient steps cannot meet); any increase beyond the
     slack is rejected (HOAG rejects only `F_k >= 1.2 F_{k-1}` and so lets `F` creep
-    up when `L` has shrunk too far).
+    up when `L` has shrunk too far); and a step without sufficient decrease doubles
+    `L` even when it is accepted (HOAG keeps `L`, and a step that jumps across the
+    minimum to a point of equal value is then repeated back and forth forever).
 
     **Arguments:**
 
@@ -145,6 +164,22 @@ class HOAG(AbstractBilevelAlgorithm):
       defaults to 1e-12 in float64, as HOAG, and 1e-6 in float32).
     - `linear_steps`: CG iteration cap.
     - `project`: optional projection of `x` (HOAG clips to a box).
+
+    Example:
+
+    ```python
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import bilevax as bx
+    >>> problem = bx.bilevel.BilevelProblem(  # y*(x) = x, F(x) = ½‖x - 1‖² + ½‖x‖²
+    ...     outer=lambda x, y, b: 0.5 * jnp.sum((y - 1.0) ** 2) + 0.5 * jnp.sum(x**2),
+    ...     inner=lambda x, y, b: 0.5 * jnp.sum((y - x) ** 2),
+    ... )
+    >>> x0, y0 = jnp.zeros(2), jnp.zeros(2)
+    >>> result = bx.bilevel.HOAG().run(problem, x0, y0, num_steps=50)
+    >>> print(result.x.round(4), result.result == bx.bilevel.RESULTS.successful)
+    [0.5 0.5] True
+
+    ```
     """
 
     inner_solver: AbstractInnerSolver = GradientDescent()  # noqa: RUF009
@@ -200,8 +235,7 @@ class HOAG(AbstractBilevelAlgorithm):
         slack = c * eps + state.prev_eps * (c + 1) * delta
         decrease = value <= state.prev_value + slack - 0.5 * L * delta**2
         reject = ~first & (value > state.prev_value + slack)
-        L = jnp.where(first, lip0, jnp.where(decrease, 0.95 * L, L))
-        L = jnp.where(reject, 2 * L, L)
+        L = jnp.where(first, lip0, jnp.where(decrease, 0.95 * L, 2 * L))
         pick = lambda a, b: jtu.tree_map(lambda u, v: jnp.where(reject, u, v), a, b)
         x = pick(state.prev_x, state.x)
         y = pick(state.y, y)

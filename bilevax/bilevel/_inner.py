@@ -41,7 +41,27 @@ def smoothness(fn: Callable[[PyTree[Array]], Array], y: PyTree[Array]) -> Array:
 
 
 class AbstractInnerSolver(eqx.Module):
-    """Solver of the lower-level problem; see the module docstring."""
+    """Solver of the lower-level problem; see the module docstring.
+
+    Example:
+
+    ```python
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import bilevax as bx
+    >>> problem = bx.bilevel.BilevelProblem(  # y*(x) = x, F(x) = ½‖x - 1‖² + ½‖x‖²
+    ...     outer=lambda x, y, b: 0.5 * jnp.sum((y - 1.0) ** 2) + 0.5 * jnp.sum(x**2),
+    ...     inner=lambda x, y, b: 0.5 * jnp.sum((y - x) ** 2),
+    ... )
+    >>> x0, y0 = jnp.zeros(2), jnp.zeros(2)
+    >>> x = jnp.array([1.0, 2.0])
+    >>> for inner in (bx.bilevel.GradientDescent(100), bx.bilevel.LBFGS(100)):
+    ...     value, grad, y, stats = bx.bilevel.hypergradient(problem, x, y0, inner)
+    ...     print(type(inner).__name__, grad.round(4))
+    GradientDescent [1. 3.]
+    LBFGS [1. 3.]
+
+    ```
+    """
 
     num_steps: eqx.AbstractVar[int]
 
@@ -65,6 +85,23 @@ class GradientDescent(AbstractInnerSolver):
       of `∇²_y g` at the starting point, estimated by power iteration (treated as a
       constant by differentiation). Right for quadratic and near-quadratic inner
       problems; give a smaller step if the curvature grows away from `y0`.
+
+    Example:
+
+    ```python
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import bilevax as bx
+    >>> problem = bx.bilevel.BilevelProblem(  # y*(x) = x, F(x) = ½‖x - 1‖² + ½‖x‖²
+    ...     outer=lambda x, y, b: 0.5 * jnp.sum((y - 1.0) ** 2) + 0.5 * jnp.sum(x**2),
+    ...     inner=lambda x, y, b: 0.5 * jnp.sum((y - x) ** 2),
+    ... )
+    >>> x0, y0 = jnp.zeros(2), jnp.zeros(2)
+    >>> inner = bx.bilevel.GradientDescent(num_steps=200)  # step 1/L by power iteration
+    >>> value, grad, y, stats = bx.bilevel.hypergradient(problem, x0 + 1, y0, inner)
+    >>> print(y.round(4), int(stats.inner_steps))
+    [1. 1.] 1
+
+    ```
     """
 
     num_steps: int = 1000
@@ -105,6 +142,23 @@ class LBFGS(AbstractInnerSolver):
 
     Stops when `‖∇_y g‖ <= tol` or after `num_steps` iterations (line-search
     trials included).
+
+    Example:
+
+    ```python
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import bilevax as bx
+    >>> problem = bx.bilevel.BilevelProblem(  # y*(x) = x, F(x) = ½‖x - 1‖² + ½‖x‖²
+    ...     outer=lambda x, y, b: 0.5 * jnp.sum((y - 1.0) ** 2) + 0.5 * jnp.sum(x**2),
+    ...     inner=lambda x, y, b: 0.5 * jnp.sum((y - x) ** 2),
+    ... )
+    >>> x0, y0 = jnp.zeros(2), jnp.zeros(2)
+    >>> inner = bx.bilevel.LBFGS(num_steps=100)
+    >>> value, grad, y, stats = bx.bilevel.hypergradient(problem, x0 + 1, y0, inner)
+    >>> print(grad.round(4), bool(stats.inner_residual < 1e-4))
+    [1. 1.] True
+
+    ```
     """
 
     num_steps: int = 1000

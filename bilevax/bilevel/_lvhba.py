@@ -124,6 +124,23 @@ def coupled_projection(
     bounds or constraints, see `sets.AbstractSet.constraints`), from
     `(P_X(x), P_Y(y))`. Not differentiated (LV-HBA only needs its value). For
     affine `c` and `e`, `affine_projection` is exact and much faster.
+
+    Example:
+
+    ```python
+    >>> import jax.numpy as jnp
+    >>> import bilevax as bx
+    >>> sets = bx.bilevel.sets
+    >>> project = bx.bilevel.coupled_projection(
+    ...     lambda x, y: jnp.array([jnp.sum(y**2) - x[0]]),  # ‖y‖² <= x, x ∈ [0, 4]
+    ...     sets.Box(0.0, 4.0),
+    ...     sets.Everything(),
+    ... )
+    >>> x, y = project(jnp.array([5.0]), jnp.array([3.0, 0.0]))
+    >>> print(x.round(2), y.round(2))
+    [4.] [2. 0.]
+
+    ```
     """
     if constraint is None and equality is None:
         return lambda x, y: (outer_set.project(x), inner_set.project(y))
@@ -156,7 +173,23 @@ def affine_projection(
     `X`, `Y` are boxes, orthants or simplices: `project(x, y, dual) -> (x, y,
     dual)` by `bilevax.solvers.project_polyhedron`, warm-started from the
     multipliers `dual` of the previous projection (start with zeros of size
-    `m + p`, the number of equality plus inequality rows)."""
+    `m + p`, the number of equality plus inequality rows).
+
+    Example:
+
+    ```python
+    >>> import jax.numpy as jnp
+    >>> import bilevax as bx
+    >>> sets = bx.bilevel.sets
+    >>> project = bx.bilevel.affine_projection(
+    ...     lambda x, y: y - x, sets.Box(0.0, 1.0), sets.Everything()
+    ... )  # C = {(x, y): y <= x, x ∈ [0, 1]}
+    >>> x, y, dual = project(jnp.array([2.0]), jnp.array([3.0]), jnp.zeros(1))
+    >>> print(x.round(3), y.round(3))
+    [1.] [1.]
+
+    ```
+    """
 
     def project(x, y, dual):
         for s, v in ((outer_set, x), (inner_set, y)):
@@ -204,6 +237,23 @@ class LVHBA(AbstractBilevelAlgorithm):
     - `batch_size`: minibatch size for the stochastic form (`None`: full data).
 
     The state starts from `(x0, y0)` projected onto `C`, `θ0 = y0`.
+
+    Example:
+
+    ```python
+    >>> import jax.numpy as jnp
+    >>> import bilevax as bx
+    >>> problem = bx.bilevel.BilevelProblem(  # y*(x) = min(x, 4); the solution is x = 2
+    ...     outer=lambda x, y, b: 0.5 * (jnp.sum((x - 1) ** 2) + jnp.sum((y - 3) ** 2)),
+    ...     inner=lambda x, y, b: jnp.sum(0.5 * y**2 - 4 * y),
+    ...     inner_constraints=lambda x, y: y - x,  # c(x, y) <= 0
+    ... )
+    >>> x0, y0 = jnp.zeros(1), jnp.zeros(1)
+    >>> result = bx.bilevel.LVHBA().run(problem, x0, y0, num_steps=6000)
+    >>> print(result.x.round(2), result.y.round(2))
+    [2.] [2.]
+
+    ```
     """
 
     alpha: float = 0.008

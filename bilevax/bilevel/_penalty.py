@@ -269,6 +269,23 @@ class F2SA(_AbstractPenaltyAlgorithm):
 
     `result.y` is `z`, the estimate of the inner solution `y*(x)`; the penalised
     iterate `y_λ` is in `result.state.y`.
+
+    Example:
+
+    ```python
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import bilevax as bx
+    >>> problem = bx.bilevel.BilevelProblem(  # y*(x) = x, F(x) = ½‖x - 1‖² + ½‖x‖²
+    ...     outer=lambda x, y, b: 0.5 * jnp.sum((y - 1.0) ** 2) + 0.5 * jnp.sum(x**2),
+    ...     inner=lambda x, y, b: 0.5 * jnp.sum((y - x) ** 2),
+    ... )
+    >>> x0, y0 = jnp.zeros(2), jnp.zeros(2)
+    >>> f2sa = bx.bilevel.F2SA(lambda0=10.0, lambda_growth=10.0)
+    >>> result = f2sa.run(problem, x0, y0, num_steps=500)
+    >>> print(result.x.round(2))  # the solution is x = 0.5
+    [0.48 0.48]
+
+    ```
     """
 
     lr_outer: float = 0.1
@@ -336,6 +353,23 @@ class PenaltyMethod(_AbstractPenaltyAlgorithm):
     larger batches or a smaller `lr_inner` when raising it.
 
     `result.y` is `z`, the estimate of `y*(x)`; `y_σ` is in `result.state.y`.
+
+    Example:
+
+    ```python
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import bilevax as bx
+    >>> problem = bx.bilevel.BilevelProblem(  # y*(x) = x, F(x) = ½‖x - 1‖² + ½‖x‖²
+    ...     outer=lambda x, y, b: 0.5 * jnp.sum((y - 1.0) ** 2) + 0.5 * jnp.sum(x**2),
+    ...     inner=lambda x, y, b: 0.5 * jnp.sum((y - x) ** 2),
+    ... )
+    >>> x0, y0 = jnp.zeros(2), jnp.zeros(2)
+    >>> penalty = bx.bilevel.PenaltyMethod(gamma_max=100.0)
+    >>> result = penalty.run(problem, x0, y0, num_steps=500)
+    >>> print(result.x.round(2))  # the solution is x = 0.5, up to O(1/gamma_max)
+    [0.5 0.5]
+
+    ```
     """
 
     gamma_max: float = 100.0

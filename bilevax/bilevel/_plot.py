@@ -36,6 +36,27 @@ def plot_history(
     fig, _ = bx.bilevel.plot_history({"HOAG": result}, seconds=3.2)
     fig.savefig("history.png")
     ```
+
+    Example:
+
+    ```python
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import bilevax as bx
+    >>> problem = bx.bilevel.BilevelProblem(  # y*(x) = x, F(x) = ½‖x - 1‖² + ½‖x‖²
+    ...     outer=lambda x, y, b: 0.5 * jnp.sum((y - 1.0) ** 2) + 0.5 * jnp.sum(x**2),
+    ...     inner=lambda x, y, b: 0.5 * jnp.sum((y - x) ** 2),
+    ... )
+    >>> x0, y0 = jnp.zeros(2), jnp.zeros(2)
+    >>> import matplotlib; matplotlib.use("Agg")
+    >>> import matplotlib; matplotlib.use("Agg")
+    >>> algorithms = {"HOAG": bx.bilevel.HOAG(), "F2SA": bx.bilevel.F2SA()}
+    >>> runs = {k: a.run(problem, x0, y0, num_steps=50) for k, a in algorithms.items()}
+    >>> seconds = {"HOAG": 0.2, "F2SA": 0.1}
+    >>> fig, (loss_axis, norm_axis) = bx.bilevel.plot_history(runs, seconds=seconds)
+    >>> len(loss_axis.lines), norm_axis.get_ylabel()
+    (2, 'hypergradient norm')
+
+    ```
     """
     try:
         import matplotlib.pyplot as plt

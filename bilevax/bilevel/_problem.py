@@ -35,6 +35,26 @@ class BilevelProblem(eqx.Module):
     `x` and `y` may be any pytrees of floating-point arrays. `batch` is a minibatch
     (or the whole) of the corresponding level's data, `None` when the level has no
     data. Algorithms take the data as `data=(inner_data, outer_data)`.
+
+    Example:
+
+    ```python
+    >>> import jax.numpy as jnp
+    >>> import bilevax as bx
+    >>> def inner(x, w, batch):  # ridge regression with strength exp(x)
+    ...     X, t = batch
+    ...     return jnp.mean((X @ w - t) ** 2) + jnp.exp(x) * w @ w
+    >>> def outer(x, w, batch):  # validation error
+    ...     X, t = batch
+    ...     return jnp.mean((X @ w - t) ** 2)
+    >>> problem = bx.bilevel.BilevelProblem(outer=outer, inner=inner)
+    >>> X = jnp.eye(3)
+    >>> data = ((X, jnp.ones(3)), (X, 2 * jnp.ones(3)))
+    >>> value, grad, w, _ = bx.bilevel.hypergradient(problem, 0.0, 0 * X[0], data=data)
+    >>> print(round(float(value), 4), round(float(grad), 4))
+    3.0625 0.6562
+
+    ```
     """
 
     outer: Callable[..., Array]
@@ -45,7 +65,20 @@ class BilevelProblem(eqx.Module):
 
 class BilevelData(eqx.Module):
     """Data of both levels: pytrees of arrays with a common leading sample axis per
-    level, or `None` for a level whose function takes no data."""
+    level, or `None` for a level whose function takes no data.
+
+    Example:
+
+    ```python
+    >>> import jax.numpy as jnp
+    >>> import bilevax as bx
+    >>> train = (jnp.ones((100, 3)), jnp.ones(100))
+    >>> data = bx.bilevel.BilevelData(inner=train, outer=None)
+    >>> data.inner[0].shape
+    (100, 3)
+
+    ```
+    """
 
     inner: PyTree[Array] | None = None
     outer: PyTree[Array] | None = None
@@ -84,7 +117,20 @@ def sample_batch(
     level_data: PyTree[Array] | None, key: Array, batch_size: int | None
 ) -> PyTree[Array] | None:
     """A minibatch of `batch_size` samples drawn uniformly with replacement (inside
-    `jit`); the whole data when `batch_size` is `None` or `level_data` is `None`."""
+    `jit`); the whole data when `batch_size` is `None` or `level_data` is `None`.
+
+    Example:
+
+    ```python
+    >>> import jax, jax.numpy as jnp
+    >>> import bilevax as bx
+    >>> X, t = jnp.arange(10.0).reshape(5, 2), jnp.arange(5.0)
+    >>> Xb, tb = bx.bilevel.sample_batch((X, t), jax.random.key(0), 3)
+    >>> Xb.shape, tb.shape, bool(jnp.all(Xb[:, 0] == 2 * tb))  # rows drawn together
+    ((3, 2), (3,), True)
+
+    ```
+    """
     if level_data is None or batch_size is None:
         return level_data
     n = num_samples(level_data, "batched")

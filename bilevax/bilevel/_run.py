@@ -28,7 +28,25 @@ from ._problem import BilevelData, BilevelProblem, as_data, check_problem
 
 
 class RESULTS(eqxi.Enumeration):
-    """Status of a bilevel run."""
+    """Status of a bilevel run.
+
+    Example:
+
+    ```python
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import bilevax as bx
+    >>> problem = bx.bilevel.BilevelProblem(  # y*(x) = x, F(x) = ½‖x - 1‖² + ½‖x‖²
+    ...     outer=lambda x, y, b: 0.5 * jnp.sum((y - 1.0) ** 2) + 0.5 * jnp.sum(x**2),
+    ...     inner=lambda x, y, b: 0.5 * jnp.sum((y - x) ** 2),
+    ... )
+    >>> x0, y0 = jnp.zeros(2), jnp.zeros(2)
+    >>> diverging = bx.bilevel.HypergradientDescent(optax.sgd(100.0))
+    >>> result = diverging.run(problem, x0, y0, num_steps=50)
+    >>> print(result.result == bx.bilevel.RESULTS.diverged, jnp.isfinite(result.x))
+    True [ True  True]
+
+    ```
+    """
 
     successful = ""
     diverged = (
@@ -44,7 +62,27 @@ class RESULTS(eqxi.Enumeration):
 class StepInfo(eqx.Module):
     """What one step knows about itself: the norm of the (estimated) hypergradient
     or direction it used for `x` (recorded in the history), and whether its inner
-    solve failed."""
+    solve failed.
+
+    Example:
+
+    ```python
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import bilevax as bx
+    >>> problem = bx.bilevel.BilevelProblem(  # y*(x) = x, F(x) = ½‖x - 1‖² + ½‖x‖²
+    ...     outer=lambda x, y, b: 0.5 * jnp.sum((y - 1.0) ** 2) + 0.5 * jnp.sum(x**2),
+    ...     inner=lambda x, y, b: 0.5 * jnp.sum((y - x) ** 2),
+    ... )
+    >>> x0, y0 = jnp.zeros(2), jnp.zeros(2)
+    >>> solver = bx.bilevel.HypergradientDescent(optax.sgd(0.5))
+    >>> data = bx.bilevel.BilevelData()
+    >>> state = solver.init(problem, x0, y0, data, jax.random.key(0))
+    >>> _, info = solver.step(problem, state, data, jax.random.key(1))
+    >>> print(info.hypergradient_norm.round(4), info.inner_failed)
+    1.4142 False
+
+    ```
+    """
 
     hypergradient_norm: Array
     inner_failed: Array = eqx.field(default_factory=lambda: jnp.array(False))
@@ -57,6 +95,22 @@ class History(eqx.Module):
     - `outer_loss`: `f(x, y)` on the whole outer data at the current `(x, y)`.
     - `hypergradient_norm`: norm of the (estimated) hypergradient of the last step.
     - `inner_residual`: `‖∇_y g(x, y)‖` on the whole inner data.
+
+    Example:
+
+    ```python
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import bilevax as bx
+    >>> problem = bx.bilevel.BilevelProblem(  # y*(x) = x, F(x) = ½‖x - 1‖² + ½‖x‖²
+    ...     outer=lambda x, y, b: 0.5 * jnp.sum((y - 1.0) ** 2) + 0.5 * jnp.sum(x**2),
+    ...     inner=lambda x, y, b: 0.5 * jnp.sum((y - x) ** 2),
+    ... )
+    >>> x0, y0 = jnp.zeros(2), jnp.zeros(2)
+    >>> result = bx.bilevel.HOAG().run(problem, x0, y0, num_steps=20, record_every=5)
+    >>> print(result.history.step, result.history.outer_loss.round(4))
+    [ 5 10 15 20] [0.5 0.5 0.5 0.5]
+
+    ```
     """
 
     step: Array
@@ -76,7 +130,25 @@ class History(eqx.Module):
 
 class BilevelResult(eqx.Module):
     """Result of `run`: final `x`, `y`, the algorithm's `state` (to continue a run),
-    the `history`, the status `result` and `num_steps` taken."""
+    the `history`, the status `result` and `num_steps` taken.
+
+    Example:
+
+    ```python
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import bilevax as bx
+    >>> problem = bx.bilevel.BilevelProblem(  # y*(x) = x, F(x) = ½‖x - 1‖² + ½‖x‖²
+    ...     outer=lambda x, y, b: 0.5 * jnp.sum((y - 1.0) ** 2) + 0.5 * jnp.sum(x**2),
+    ...     inner=lambda x, y, b: 0.5 * jnp.sum((y - x) ** 2),
+    ... )
+    >>> x0, y0 = jnp.zeros(2), jnp.zeros(2)
+    >>> result = bx.bilevel.HOAG().run(problem, x0, y0, num_steps=20)
+    >>> result
+    BilevelResult(result=successful, num_steps=20, outer_loss=0.5,
+                  hypergradient_norm=0, inner_residual=..., x=f32[2], y=f32[2])
+
+    ```
+    """
 
     x: PyTree[Array]
     y: PyTree[Array]
@@ -106,7 +178,29 @@ def _full_batch_record(problem, x, y, data: BilevelData, info: StepInfo, k):
 
 class AbstractBilevelAlgorithm(eqx.Module):
     """Base of the bilevel algorithms: subclasses define `init`, `step` and
-    `iterates`; `run` is shared."""
+    `iterates`; `run` is shared.
+
+    Example:
+
+    ```python
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import bilevax as bx
+    >>> problem = bx.bilevel.BilevelProblem(  # y*(x) = x, F(x) = ½‖x - 1‖² + ½‖x‖²
+    ...     outer=lambda x, y, b: 0.5 * jnp.sum((y - 1.0) ** 2) + 0.5 * jnp.sum(x**2),
+    ...     inner=lambda x, y, b: 0.5 * jnp.sum((y - x) ** 2),
+    ... )
+    >>> x0, y0 = jnp.zeros(2), jnp.zeros(2)
+    >>> solver = bx.bilevel.HypergradientDescent(optax.sgd(0.5))
+    >>> isinstance(solver, bx.bilevel.AbstractBilevelAlgorithm)
+    True
+    >>> data = bx.bilevel.BilevelData()  # no data
+    >>> state = solver.init(problem, x0, y0, data, jax.random.key(0))
+    >>> state, info = solver.step(problem, state, data, jax.random.key(1))
+    >>> print(solver.iterates(state)[0].round(3), info.hypergradient_norm.round(3))
+    [0.5 0.5] 1.414
+
+    ```
+    """
 
     @abc.abstractmethod
     def init(self, problem: BilevelProblem, x0, y0, data: BilevelData, key: Array):

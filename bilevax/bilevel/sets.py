@@ -22,7 +22,19 @@ from ..implicit._tree import tree_norm
 
 class Constraints(eqx.Module):
     """A set as constraints on the flat vector `v` of a pytree: `bounds=(lower,
-    upper)` flat arrays or `None`, `eq(v) = 0` and `ineq(v) <= 0` or `None`."""
+    upper)` flat arrays or `None`, `eq(v) = 0` and `ineq(v) <= 0` or `None`.
+
+    Example:
+
+    ```python
+    >>> import jax.numpy as jnp
+    >>> import bilevax as bx
+    >>> constraints = bx.bilevel.sets.Simplex().constraints(jnp.zeros(3))
+    >>> print(constraints.bounds[0], constraints.eq(jnp.array([0.2, 0.3, 0.5])))
+    [0. 0. 0.] [0.]
+
+    ```
+    """
 
     bounds: tuple[Array, Array] | None = None
     eq: Callable[[Array], Array] | None = None
@@ -30,7 +42,20 @@ class Constraints(eqx.Module):
 
 
 class AbstractSet(eqx.Module):
-    """A closed convex set of pytrees."""
+    """A closed convex set of pytrees.
+
+    Example:
+
+    ```python
+    >>> import jax.numpy as jnp
+    >>> import bilevax as bx
+    >>> isinstance(bx.bilevel.sets.Box(0.0, 1.0), bx.bilevel.sets.AbstractSet)
+    True
+    >>> print(bx.bilevel.sets.Box(0.0, 1.0).project(jnp.array([-1.0, 0.5, 2.0])))
+    [0.  0.5 1. ]
+
+    ```
+    """
 
     @abc.abstractmethod
     def project(self, v: PyTree[Array]) -> PyTree[Array]:
@@ -46,7 +71,19 @@ class AbstractSet(eqx.Module):
 
 class Box(AbstractSet):
     """`lower <= v <= upper` elementwise (scalars or pytrees like `v`; `±inf` for no
-    bound)."""
+    bound).
+
+    Example:
+
+    ```python
+    >>> import jax.numpy as jnp
+    >>> import bilevax as bx
+    >>> box = bx.bilevel.sets.Box(lower=0.0, upper=1.0)
+    >>> print(box.project(jnp.array([-1.0, 0.5, 2.0])))
+    [0.  0.5 1. ]
+
+    ```
+    """
 
     lower: PyTree[Array] | float = -jnp.inf
     upper: PyTree[Array] | float = jnp.inf
@@ -67,7 +104,18 @@ class Box(AbstractSet):
 
 
 class NonNegative(AbstractSet):
-    """The nonnegative orthant `v >= 0`."""
+    """The nonnegative orthant `v >= 0`.
+
+    Example:
+
+    ```python
+    >>> import jax.numpy as jnp
+    >>> import bilevax as bx
+    >>> print(bx.bilevel.sets.NonNegative().project(jnp.array([-1.0, 2.0])))
+    [0. 2.]
+
+    ```
+    """
 
     def project(self, v):
         return jtu.tree_map(lambda a: jnp.maximum(a, 0.0), v)
@@ -77,7 +125,18 @@ class NonNegative(AbstractSet):
 
 
 class Ball(AbstractSet):
-    """`‖v - center‖₂ <= radius` (the norm of the whole pytree)."""
+    """`‖v - center‖₂ <= radius` (the norm of the whole pytree).
+
+    Example:
+
+    ```python
+    >>> import jax.numpy as jnp
+    >>> import bilevax as bx
+    >>> print(bx.bilevel.sets.Ball(radius=1.0).project(jnp.array([3.0, 4.0])))
+    [0.6 0.8]
+
+    ```
+    """
 
     radius: float = 1.0
     center: PyTree[Array] | float = 0.0
@@ -100,7 +159,18 @@ class Ball(AbstractSet):
 
 
 class Simplex(AbstractSet):
-    """`{v >= 0, Σ v = total}` over all entries of `v`."""
+    """`{v >= 0, Σ v = total}` over all entries of `v`.
+
+    Example:
+
+    ```python
+    >>> import jax.numpy as jnp
+    >>> import bilevax as bx
+    >>> print(bx.bilevel.sets.Simplex().project(jnp.array([0.5, 1.0, -1.0])))
+    [0.25 0.75 0.  ]
+
+    ```
+    """
 
     total: float = 1.0
 
@@ -124,7 +194,19 @@ class Simplex(AbstractSet):
 
 
 class Projection(AbstractSet):
-    """A set given only by a user-supplied projection `fn(v) -> v`."""
+    """A set given only by a user-supplied projection `fn(v) -> v`.
+
+    Example:
+
+    ```python
+    >>> import jax.numpy as jnp
+    >>> import bilevax as bx
+    >>> unit_interval = bx.bilevel.sets.Projection(lambda v: jnp.clip(v, 0.0, 1.0))
+    >>> print(unit_interval.project(jnp.array([-1.0, 0.5, 2.0])))
+    [0.  0.5 1. ]
+
+    ```
+    """
 
     fn: Callable[[PyTree[Array]], PyTree[Array]]
 
@@ -133,7 +215,18 @@ class Projection(AbstractSet):
 
 
 class Everything(AbstractSet):
-    """The whole space (no constraint)."""
+    """The whole space (no constraint).
+
+    Example:
+
+    ```python
+    >>> import jax.numpy as jnp
+    >>> import bilevax as bx
+    >>> print(bx.bilevel.sets.Everything().project(jnp.array([-1.0, 2.0])))
+    [-1.  2.]
+
+    ```
+    """
 
     def project(self, v):
         return v

@@ -55,6 +55,18 @@ def fashion_mnist(
 
     **Returns:** `((X_train, y_train), (X_test, y_test))` with images flattened to
     784 pixels scaled to [0, 1] and integer labels in 0..9.
+
+    Example:
+
+    ```python
+    >>> import bilevax as bx
+    >>> try:  # with the data installed: ((X_train, y_train), (X_test, y_test))
+    ...     (X, y), (X_test, y_test) = bx.datasets.fashion_mnist(root="/no/such/folder")
+    ... except FileNotFoundError as e:  # a missing file says how to install it
+    ...     print("apt-get install -y dataset-fashion-mnist" in str(e))
+    True
+
+    ```
     """
     root = DEFAULT_ROOT if root is None else root
     parts = []

@@ -12,6 +12,16 @@ class Split(eqx.Module):
     """Train/validation/test parts of a supervised dataset.
 
     Each part is a pair `(features, targets)` with `features` of shape `(n, d)`.
+
+    Example:
+
+    ```python
+    >>> import bilevax as bx
+    >>> data = bx.datasets.breast_cancer(sizes=(300, 150))
+    >>> [part[0].shape for part in (data.train, data.validation, data.test)]
+    [(300, 30), (150, 30), (119, 30)]
+
+    ```
     """
 
     train: tuple[Array, Array]
@@ -58,6 +68,17 @@ def breast_cancer(
     - `sizes`: numbers of training and validation samples.
     - `seed`: seed of the shuffle.
     - `dtype`: floating dtype of the features (default: JAX's default float).
+
+    Example:
+
+    ```python
+    >>> import jax.numpy as jnp
+    >>> import bilevax as bx
+    >>> X, y = bx.datasets.breast_cancer(sizes=(300, 150)).train
+    >>> X.shape, sorted(set(y.tolist())), abs(round(float(jnp.mean(X[:, 0])), 4))
+    ((300, 30), [0, 1], 0.0)
+
+    ```
     """
     data = _sklearn_datasets().load_breast_cancer()
     return _split_standardise(
@@ -74,6 +95,16 @@ def digits(sizes: tuple[int, int] = (1000, 400), seed: int = 0, dtype=None) -> S
     pixels are left at zero).
 
     **Arguments:** as `breast_cancer`.
+
+    Example:
+
+    ```python
+    >>> import bilevax as bx
+    >>> data = bx.datasets.digits(sizes=(1000, 400))
+    >>> data.train[0].shape, data.test[0].shape, int(data.train[1].max())
+    ((1000, 64), (397, 64), 9)
+
+    ```
     """
     data = _sklearn_datasets().load_digits()
     return _split_standardise(

@@ -46,6 +46,18 @@ class CUTEstProblem(eqx.Module):
     - `expected_objective`: the optimal objective value sif2jax records (`None`
       when it records none).
     - `sizes`: `(n, m_eq, m_ineq, n_bounds)` (finite bounds counted).
+
+    Example:
+
+    ```python
+    >>> import jax.numpy as jnp
+    >>> import bilevax as bx
+    >>> from bilevax.datasets import cutest
+    >>> hs7 = cutest.load("HS7")
+    >>> hs7.name, hs7.sizes, round(hs7.expected_objective, 4)
+    ('HS7', (2, 1, 0, 0), -1.7321)
+
+    ```
     """
 
     name: str = eqx.field(static=True)
@@ -126,6 +138,21 @@ def load(name: str) -> CUTEstProblem:
 
     Raises `KeyError` for a name sif2jax does not have, and `ValueError` for an
     unconstrained problem without bounds (nothing for a constrained solver to do).
+
+    Example:
+
+    ```python
+    >>> import jax
+    >>> import bilevax as bx
+    >>> from bilevax.datasets import cutest
+    >>> hs7 = cutest.load("HS7")  # float64 is advised; float32 here
+    >>> solver = bx.solvers.AugmentedLagrangian()
+    >>> solution = bx.solvers.minimize(hs7.problem, hs7.y0, hs7.args, solver)
+    >>> value = hs7.problem.objective(solution.y, hs7.args)
+    >>> round(float(value), 3), round(hs7.expected_objective, 3)
+    (-1.732, -1.732)
+
+    ```
     """
     source = _problem_alone(name)
     if source is None:
@@ -168,3 +195,6 @@ def load(name: str) -> CUTEstProblem:
         expected_objective=None if expected is None else float(expected),
         sizes=(_flat(y0).size, m_eq, m_ineq, n_bounds),
     )
+
+
+__all__ = ["CUTEstProblem", "load"]

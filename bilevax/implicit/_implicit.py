@@ -39,6 +39,19 @@ class ImplicitStats(eqx.Module):
     - `residual`: relative residual `‖A v - b‖₂ / ‖b‖₂` of the returned solution.
     - `result`: a `lineax.RESULTS` status; `result == lineax.RESULTS.successful`
       when the solve converged to the requested tolerance and is finite.
+
+    Example:
+
+    ```python
+    >>> import jax.numpy as jnp
+    >>> from bilevax.implicit import root_vjp, conditions
+    >>> f = lambda y, a: 0.5 * jnp.sum((y - a) ** 2) + 0.5 * jnp.sum(y**2)
+    >>> F = conditions.stationarity(f)
+    >>> _, stats = root_vjp(F, jnp.ones(3), (2 * jnp.ones(3),), jnp.ones(3))
+    >>> stats
+    ImplicitStats(num_steps=1, residual=0, result=successful)
+
+    ```
     """
 
     num_steps: Array
@@ -428,6 +441,21 @@ def root_vjp(
 
     **Returns:** `(cotangents of params, ImplicitStats)`; the first is a tuple with
     one entry per parameter.
+
+    Example:
+
+    ```python
+    >>> import jax.numpy as jnp
+    >>> import lineax as lx
+    >>> from bilevax.implicit import root_vjp, conditions
+    >>> f = lambda y, a: 0.5 * jnp.sum((y - a) ** 2) + 0.5 * jnp.sum(y**2)  # y* = a/2
+    >>> F = conditions.stationarity(f)
+    >>> a, y = 2 * jnp.ones(3), jnp.ones(3)
+    >>> (vjp_a,), stats = root_vjp(F, y, (a,), cotangent=jnp.ones(3))
+    >>> print(vjp_a, stats.result == lx.RESULTS.successful)
+    [0.5 0.5 0.5] True
+
+    ```
     """
     solution, params, operator, linear_solver = _prepare(
         optimality_fn, solution, params, tags, linear_solver
@@ -459,6 +487,20 @@ def root_jvp(
     Returns `(∂y*/∂θ) t = -(∂_y F)^{-1} (∂_θ F) t` and the stats of the solve.
 
     **Arguments:** as `root_vjp`, with `tangents` a tuple like `params`.
+
+    Example:
+
+    ```python
+    >>> import jax.numpy as jnp
+    >>> from bilevax.implicit import root_jvp, conditions
+    >>> f = lambda y, a: 0.5 * jnp.sum((y - a) ** 2) + 0.5 * jnp.sum(y**2)  # y* = a/2
+    >>> F = conditions.stationarity(f)
+    >>> a, y = 2 * jnp.ones(2), jnp.ones(2)
+    >>> tangent, stats = root_jvp(F, y, (a,), (jnp.array([1.0, 0.0]),))
+    >>> print(tangent + 0.0)
+    [0.5 0. ]
+
+    ```
     """
     solution, params, operator, linear_solver = _prepare(
         optimality_fn, solution, params, tags, linear_solver

@@ -74,6 +74,20 @@ class Neumann(lx.AbstractLinearSolver):
     The series is truncated, not iterated to a tolerance: the number of steps is
     what the user asked for, and the relative residual `‖A v - b‖/‖b‖` is reported
     in the stats of `bilevax.implicit.root_vjp`/`root_jvp`.
+
+    Example:
+
+    ```python
+    >>> import jax.numpy as jnp, lineax as lx
+    >>> from bilevax.implicit import Neumann
+    >>> A = jnp.array([[1.0, 0.5], [0.5, 1.0]])  # eigenvalues 0.5 and 1.5
+    >>> operator = lx.MatrixLinearOperator(A, lx.positive_semidefinite_tag)
+    >>> b = jnp.array([1.5, 1.5])  # solution (1, 1)
+    >>> approx = lx.linear_solve(operator, b, Neumann(steps=100, scale=1.0)).value
+    >>> print(approx.round(3), jnp.linalg.solve(A, b).round(3))
+    [1. 1.] [1. 1.]
+
+    ```
     """
 
     steps: int = 50
@@ -145,6 +159,19 @@ class CG(lx.AbstractLinearSolver):
 
     Status: `successful`, `max_steps_reached`, or `breakdown` (not positive
     definite); the number of steps is in the stats.
+
+    Example:
+
+    ```python
+    >>> import jax.numpy as jnp, lineax as lx
+    >>> from bilevax.implicit import CG
+    >>> A = jnp.array([[4.0, 1.0], [1.0, 3.0]])
+    >>> operator = lx.MatrixLinearOperator(A, lx.positive_semidefinite_tag)
+    >>> solution = lx.linear_solve(operator, jnp.array([1.0, 2.0]), CG(rtol=1e-6))
+    >>> print(solution.value.round(4), solution.stats["num_steps"])
+    [0.0909 0.6364] 2
+
+    ```
     """
 
     rtol: float
@@ -262,7 +289,18 @@ class _Reporting(lx.AbstractLinearSolver):
 
 def default_tolerance(dtype) -> float:
     """Default `rtol = atol` of iterative adjoint solves: 1e-10 in float64, 1e-5 in
-    float32 (about the accuracy a float32 Krylov solve reaches)."""
+    float32 (about the accuracy a float32 Krylov solve reaches).
+
+    Example:
+
+    ```python
+    >>> import jax.numpy as jnp
+    >>> from bilevax.implicit import default_tolerance
+    >>> default_tolerance(jnp.float32), default_tolerance(jnp.float64)
+    (1e-05, 1e-10)
+
+    ```
+    """
     return 1e-10 if jnp.finfo(dtype).bits >= 64 else 1e-5
 
 
@@ -274,6 +312,19 @@ def default_linear_solver(tags: frozenset, dtype, size: int) -> lx.AbstractLinea
     sense (`|r_i| <= atol + rtol |b_i|` for the residual, likewise for the last
     step); at most `max(10 * size, 100)` steps, capped at 10,000 (non-convergence is
     reported, not hidden).
+
+    Example:
+
+    ```python
+    >>> import jax.numpy as jnp, lineax as lx
+    >>> from bilevax.implicit import default_linear_solver
+    >>> spd = frozenset({lx.symmetric_tag, lx.positive_semidefinite_tag})
+    >>> default_linear_solver(spd, jnp.float32, 2)
+    CG(rtol=1e-05, atol=1e-05, max_steps=100)
+    >>> default_linear_solver(frozenset(), jnp.float32, 2)
+    GMRES(rtol=1e-05, atol=1e-05, max_steps=100)
+
+    ```
     """
     tol = default_tolerance(dtype)
     max_steps = min(max(10 * size, 100), 10_000)

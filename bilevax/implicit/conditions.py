@@ -39,6 +39,19 @@ class OptimalityCondition(eqx.Module):
     - `fn`: the function `F(y, *params) -> pytree like y`.
     - `tags`: lineax tags true of `∂F/∂y` at a solution (e.g.
       `lineax.symmetric_tag`, `lineax.positive_semidefinite_tag`).
+
+    Example:
+
+    ```python
+    >>> import jax.numpy as jnp, lineax as lx
+    >>> from bilevax.implicit import conditions, custom_root
+    >>> F = conditions.OptimalityCondition(lambda y, a: y**3 - a)  # y* = a^(1/3)
+    >>> cube_root = custom_root(F)(lambda init, a: jnp.cbrt(a))
+    >>> import jax
+    >>> round(float(jax.grad(cube_root, argnums=1)(None, 8.0)), 4)  # 1 / (3 y*²)
+    0.0833
+
+    ```
     """
 
     fn: Callable[..., PyTree]
@@ -59,6 +72,19 @@ def stationarity(
     - `tags`: tags of the Jacobian `∇²_y f`. Defaults to symmetric positive
       semidefinite, true at a local minimum; pass `frozenset({lineax.symmetric_tag})`
       for a saddle point (then the default adjoint solver is GMRES).
+
+    Example:
+
+    ```python
+    >>> import jax, jax.numpy as jnp
+    >>> from bilevax.implicit import conditions, custom_root
+    >>> f = lambda y, a: 0.5 * jnp.sum((y - a) ** 2) + 0.5 * jnp.sum(y**2)  # y* = a/2
+    >>> solve = custom_root(conditions.stationarity(f))(lambda init, a: a / 2)
+    >>> print(jax.jacobian(solve, argnums=1)(None, jnp.ones(2)) + 0.0)
+    [[0.5 0. ]
+     [0.  0.5]]
+
+    ```
     """
     return OptimalityCondition(jax.grad(objective), frozenset(tags))
 
@@ -91,6 +117,20 @@ def prox_gradient(
 
     The returned condition is called as `F(y, θ, *args)`: the prox parameters come
     first, then the arguments of `f`.
+
+    Example:
+
+    ```python
+    >>> import jax, jax.numpy as jnp
+    >>> from bilevax.implicit import conditions, custom_root
+    >>> f = lambda y: 0.5 * jnp.sum((y - jnp.array([3.0, 0.2])) ** 2)
+    >>> soft = lambda v, lam, eta: jnp.sign(v) * jnp.maximum(jnp.abs(v) - eta * lam, 0)
+    >>> F = conditions.prox_gradient(f, soft, stepsize=1.0)
+    >>> lasso = custom_root(F)(lambda init, lam: soft(jnp.array([3.0, 0.2]), lam, 1.0))
+    >>> print(lasso(None, 1.0), jax.jacobian(lasso, argnums=1)(None, 1.0) + 0.0)
+    [2. 0.] [-1.  0.]
+
+    ```
     """
 
     def fn(y, prox_params, *args, **kwargs):
@@ -117,6 +157,20 @@ def projected_gradient(
     - `stepsize`: `η > 0`.
 
     The returned condition is called as `F(y, θ, *args)`.
+
+    Example:
+
+    ```python
+    >>> import jax, jax.numpy as jnp
+    >>> from bilevax.implicit import conditions, custom_root
+    >>> f = lambda y: 0.5 * jnp.sum((y - jnp.array([2.0, 0.5])) ** 2)
+    >>> box = lambda v, upper: jnp.clip(v, 0.0, upper)  # C(θ) = [0, θ]²
+    >>> F = conditions.projected_gradient(f, box)
+    >>> solve = custom_root(F)(lambda init, upper: box(jnp.array([2.0, 0.5]), upper))
+    >>> print(solve(None, 1.0), jax.jacobian(solve, argnums=1)(None, 1.0))
+    [1.  0.5] [1. 0.]
+
+    ```
     """
 
     def fn(y, projection_params, *args, **kwargs):
@@ -127,21 +181,25 @@ def projected_gradient(
 
 
 def fixed_point(map_: Callable[..., PyTree]) -> OptimalityCondition:
-    """The condition `F(y, *p) = T(y, *p) - y` of a fixed point of `T`."""
+    """The condition `F(y, *p) = T(y, *p) - y` of a fixed point of `T`.
+
+    Example:
+
+    ```python
+    >>> import jax, jax.numpy as jnp
+    >>> from bilevax.implicit import conditions, custom_root
+    >>> T = lambda y, a: 0.5 * (y + a / y)  # Newton's map for sqrt(a)
+    >>> sqrt = custom_root(conditions.fixed_point(T))(lambda init, a: jnp.sqrt(a))
+    >>> round(float(jax.grad(sqrt, argnums=1)(None, 4.0)), 4)  # 1 / (2 sqrt(a))
+    0.25
+
+    ```
+    """
 
     def fn(y, *params, **kwargs):
         return jtu.tree_map(lambda t, a: t - a, map_(y, *params, **kwargs), y)
 
     return OptimalityCondition(fn)
-
-
-__all__ = [
-    "OptimalityCondition",
-    "fixed_point",
-    "projected_gradient",
-    "prox_gradient",
-    "stationarity",
-]
 
 
 def kkt(
@@ -161,6 +219,23 @@ def kkt(
     complementarity is assumed at the solution). The Jacobian is indefinite, and
     symmetric only without inequalities (an inactive row is not the transpose of
     its column): solve its systems with `lineax.LU()` or GMRES.
+
+    Example:
+
+    ```python
+    >>> import jax, jax.numpy as jnp, lineax as lx
+    >>> from bilevax.implicit import conditions, custom_root
+    >>> f = lambda y, a: 0.5 * jnp.sum((y - a) ** 2)
+    >>> F = conditions.kkt(f, eq=lambda y, a: jnp.array([jnp.sum(y) - 1.0]))
+    >>> def project(init, a):  # onto the plane sum(y) = 1, with its multiplier
+    ...     lam = (jnp.sum(a) - 1.0) / a.size
+    ...     return a - lam, {"eq": jnp.array([lam])}
+    >>> solve = custom_root(F, lx.LU())(project)
+    >>> print(jax.jacobian(lambda a: solve(None, a)[0])(jnp.array([1.0, 2.0])))
+    [[ 0.5 -0.5]
+     [-0.5  0.5]]
+
+    ```
     """
 
     def fn(z, *params, **kwargs):
@@ -184,3 +259,13 @@ def kkt(
 
     tags = frozenset({lx.symmetric_tag}) if ineq is None else frozenset()
     return OptimalityCondition(fn, tags)
+
+
+__all__ = [
+    "OptimalityCondition",
+    "fixed_point",
+    "kkt",
+    "projected_gradient",
+    "prox_gradient",
+    "stationarity",
+]

@@ -142,6 +142,25 @@ class AugmentedLagrangian(eqx.Module):
       (dense, `O(n³)` per inner step, any bounds); an `optimistix` minimiser such
       as `optx.BFGS(rtol, atol)` (problems without bounds only) solves each
       subproblem to its own tolerance instead.
+
+    Example:
+
+    ```python
+    >>> import jax, jax.numpy as jnp
+    >>> import bilevax as bx
+    >>> problem = bx.solvers.ConstrainedProblem(
+    ...     objective=lambda y, a: jnp.sum((y - a) ** 2),
+    ...     ineq=lambda y, a: jnp.array([jnp.sum(y) - 1.0]),
+    ... )
+    >>> solver = bx.solvers.AugmentedLagrangian()
+    >>> solve = lambda a: bx.solvers.minimize(problem, jnp.zeros(2), a, solver).y
+    >>> print(solve(jnp.array([1.0, 2.0])).round(3) + 0.0)
+    [0. 1.]
+    >>> print(jax.jacobian(solve)(jnp.array([1.0, 2.0])).round(3))  # through the KKT
+    [[ 0.5 -0.5]
+     [-0.5  0.5]]
+
+    ```
     """
 
     tol: float | None = None

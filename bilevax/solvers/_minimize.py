@@ -100,6 +100,24 @@ def minimize(
 
     **Returns:** a `ConstrainedSolution`; check `.result` (`RESULTS.successful`)
     when `throw=False`.
+
+    Example:
+
+    ```python
+    >>> import jax, jax.numpy as jnp
+    >>> import bilevax as bx
+    >>> problem = bx.solvers.ConstrainedProblem(
+    ...     objective=lambda y, a: 0.5 * jnp.sum((y - a) ** 2),
+    ...     eq=lambda y, a: jnp.array([jnp.sum(y) - 1.0]),
+    ... )
+    >>> solve = lambda a: bx.solvers.minimize(problem, jnp.zeros(2), a).y
+    >>> print(solve(jnp.array([1.0, 2.0])).round(3) + 0.0)
+    [0. 1.]
+    >>> print(jax.jacobian(solve)(jnp.array([1.0, 2.0])).round(3))  # a projector
+    [[ 0.5 -0.5]
+     [-0.5  0.5]]
+
+    ```
     """
     sizes = _check(problem, y0, args)
     key = jax.random.key(0) if key is None else key

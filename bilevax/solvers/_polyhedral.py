@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
+from .._display import fields_repr, status_name, summarize
 from ._problem import RESULTS
 
 
@@ -38,6 +39,19 @@ class PolyhedralProjection(eqx.Module):
       the dual problem, in the constraints' units).
     - `result`: `RESULTS.successful`, `max_steps_reached`, `infeasible` (the dual
       diverges: the polyhedron is empty) or `nonfinite`.
+
+    Example:
+
+    ```python
+    >>> import jax.numpy as jnp
+    >>> import bilevax as bx
+    >>> projection = bx.solvers.project_polyhedron(
+    ...     jnp.array([2.0, 0.0]), ineq=lambda v: jnp.array([v[0] + v[1] - 1.0])
+    ... )
+    >>> [round(v, 3) for v in projection.y.tolist() + projection.dual.tolist()]
+    [1.5, -0.5, 0.5]
+
+    ```
     """
 
     y: Array
@@ -45,6 +59,12 @@ class PolyhedralProjection(eqx.Module):
     num_steps: Array
     residual: Array
     result: RESULTS
+
+    def __repr__(self):
+        fields = {"result": status_name(self.result)}
+        for k in ("num_steps", "residual", "y", "dual"):
+            fields[k] = summarize(getattr(self, k))
+        return fields_repr("PolyhedralProjection", fields)
 
 
 def _rows(eq, ineq, dtype):
@@ -80,6 +100,21 @@ def project_polyhedron(
 
     **Returns:** a `PolyhedralProjection`. Not differentiated (stop-gradient on
     every input): it is meant for projected methods such as `LVHBA`.
+
+    Example:
+
+    ```python
+    >>> import jax.numpy as jnp
+    >>> import bilevax as bx
+    >>> projection = bx.solvers.project_polyhedron(
+    ...     jnp.array([0.9, 0.8, -0.2]),
+    ...     eq=lambda v: jnp.array([jnp.sum(v) - 1.0]),  # the probability simplex
+    ...     bounds=(jnp.zeros(3), jnp.ones(3)),
+    ... )
+    >>> [round(v, 3) + 0.0 for v in projection.y.tolist()]
+    [0.55, 0.45, 0.0]
+
+    ```
     """
     target = jax.lax.stop_gradient(jnp.asarray(target))
     if target.ndim != 1 or not jnp.issubdtype(target.dtype, jnp.floating):

@@ -13,7 +13,23 @@ from .._display import fields_repr, status_name, summarize
 
 
 class RESULTS(eqxi.Enumeration):
-    """Status of a constrained solve."""
+    """Status of a constrained solve.
+
+    Example:
+
+    ```python
+    >>> import jax.numpy as jnp
+    >>> import bilevax as bx
+    >>> problem = bx.solvers.ConstrainedProblem(
+    ...     lambda y, a: jnp.sum(y**2), ineq=lambda y, a: jnp.array([1.0 - y[0], y[0]])
+    ... )  # y0 >= 1 and y0 <= 0: infeasible
+    >>> solver = bx.solvers.AugmentedLagrangian()
+    >>> solution = bx.solvers.minimize(problem, jnp.zeros(2), None, solver)
+    >>> print(solution.result == bx.solvers.RESULTS.infeasible)
+    True
+
+    ```
+    """
 
     successful = ""
     max_steps_reached = (
@@ -41,6 +57,24 @@ class ConstrainedProblem(eqx.Module):
     - `eq`: optional `c(y, args) -> (m,) array` (equality constraints).
     - `ineq`: optional `h(y, args) -> (p,) array` (inequalities, `h <= 0`).
     - `bounds`: optional `(lower, upper)` pytrees like `y` (`±inf` for none).
+
+    Example:
+
+    ```python
+    >>> import jax.numpy as jnp
+    >>> import bilevax as bx
+    >>> problem = bx.solvers.ConstrainedProblem(
+    ...     objective=lambda y, a: jnp.sum((y - a) ** 2),
+    ...     eq=lambda y, a: jnp.array([y[0] + y[1] - 1.0]),  # c(y) = 0
+    ...     ineq=lambda y, a: jnp.array([y[2] - 0.5]),  # h(y) <= 0
+    ...     bounds=(jnp.zeros(3), jnp.full(3, jnp.inf)),
+    ... )
+    >>> solver = bx.solvers.AugmentedLagrangian()
+    >>> solution = bx.solvers.minimize(problem, jnp.zeros(3), jnp.ones(3), solver)
+    >>> print(solution.y.round(3))
+    [0.5 0.5 0.5]
+
+    ```
     """
 
     objective: Callable[[PyTree, PyTree], Array]
@@ -57,6 +91,23 @@ class ConstrainedSolution(eqx.Module):
       keys for absent constraint kinds), sign convention `L = f + λᵀc + μᵀh`.
     - `stats`: `num_steps`, `kkt_residual` and solver-specific counters.
     - `result`: a `RESULTS` status.
+
+    Example:
+
+    ```python
+    >>> import jax.numpy as jnp
+    >>> import bilevax as bx
+    >>> problem = bx.solvers.ConstrainedProblem(
+    ...     objective=lambda y, a: jnp.sum((y - a) ** 2),
+    ...     eq=lambda y, a: jnp.array([jnp.sum(y) - 1.0]),
+    ... )
+    >>> solution = bx.solvers.minimize(problem, jnp.zeros(2), jnp.array([1.0, 1.0]))
+    >>> print(solution.y.round(3), solution.multipliers["eq"].round(3))
+    [0.5 0.5] [1.]
+    >>> solution.result == bx.solvers.RESULTS.successful
+    Array(True, dtype=bool)
+
+    ```
     """
 
     y: PyTree[Array]

@@ -85,6 +85,23 @@ class SketchedNewton(eqx.Module):
       product), as the method requires.
 
     `G` and `H` are dense: for problems of up to a few thousand variables.
+
+    Example:
+
+    ```python
+    >>> import jax, jax.numpy as jnp
+    >>> import bilevax as bx
+    >>> problem = bx.solvers.ConstrainedProblem(
+    ...     lambda y, a: jnp.sum((y - a) ** 2) + jnp.sum(y**4),
+    ...     eq=lambda y, a: jnp.array([jnp.sum(y) - 1.0]),
+    ... )
+    >>> solver = bx.solvers.SketchedNewton(tol=1e-6)
+    >>> a = jnp.array([1.0, 0.0, 0.0])
+    >>> solution = bx.solvers.minimize(problem, jnp.zeros(3), a, solver)
+    >>> print(solution.y.round(3), solution.result == bx.solvers.RESULTS.successful)
+    [0.647 0.177 0.177] True
+
+    ```
     """
 
     linear_solver: AbstractSketchSolver = RandomizedKaczmarz(max_steps=100_000)

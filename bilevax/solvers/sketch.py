@@ -41,7 +41,24 @@ class _SketchState(eqx.Module):
 
 
 class AbstractSketchSolver(lx.AbstractLinearSolver):
-    """Shared loop of the sketching solvers; subclasses give one projection step."""
+    """Shared loop of the sketching solvers; subclasses give one projection step.
+
+    Example:
+
+    ```python
+    >>> import jax, jax.numpy as jnp, lineax as lx
+    >>> import bilevax as bx
+    >>> A = jnp.array([[2.0, 1.0], [1.0, -1.0]])  # indefinite
+    >>> solver = bx.solvers.RandomizedKaczmarz(rtol=1e-6)
+    >>> isinstance(solver, bx.solvers.sketch.AbstractSketchSolver)
+    True
+    >>> operator, b = lx.MatrixLinearOperator(A), jnp.array([3.0, 0.0])
+    >>> solution = lx.linear_solve(operator, b, solver)
+    >>> print(solution.value.round(4), solution.result == lx.RESULTS.successful)
+    [1. 1.] True
+
+    ```
+    """
 
     rtol: eqx.AbstractVar[float]
     atol: eqx.AbstractVar[float]
@@ -144,6 +161,20 @@ class RandomizedKaczmarz(AbstractSketchSolver):
 
     **Arguments:** `rtol`, `atol` (residual 2-norm, default `1e-8`, `0`),
     `max_steps` (default `10⁶`), `key` (default `jax.random.key(0)`).
+
+    Example:
+
+    ```python
+    >>> import jax, jax.numpy as jnp, lineax as lx
+    >>> import bilevax as bx
+    >>> A = jnp.array([[2.0, 1.0], [1.0, -1.0]])
+    >>> solver = bx.solvers.RandomizedKaczmarz(rtol=1e-6, key=jax.random.key(1))
+    >>> operator, b = lx.MatrixLinearOperator(A), jnp.array([3.0, 0.0])
+    >>> solution = lx.linear_solve(operator, b, solver)
+    >>> print(solution.value.round(4))
+    [1. 1.]
+
+    ```
     """
 
     rtol: float = 1e-8
@@ -168,6 +199,19 @@ class SketchAndProject(AbstractSketchSolver):
 
     **Arguments:** `block_size` (default 32), `rtol`, `atol` (default `1e-8`, `0`),
     `max_steps` (default `10⁵`), `key`.
+
+    Example:
+
+    ```python
+    >>> import jax, jax.numpy as jnp, lineax as lx
+    >>> import bilevax as bx
+    >>> A = jnp.array([[3.0, 1.0, 0.0], [1.0, 2.0, 1.0], [0.0, 1.0, -1.0]])
+    >>> solver = bx.solvers.SketchAndProject(block_size=2, rtol=1e-6)
+    >>> operator, b = lx.MatrixLinearOperator(A), A @ jnp.ones(3)
+    >>> print(lx.linear_solve(operator, b, solver).value.round(4))
+    [1. 1. 1.]
+
+    ```
     """
 
     block_size: int = 32
@@ -202,6 +246,19 @@ class GaussianSketch(AbstractSketchSolver):
 
     **Arguments:** `sketch_size` (default 1), `rtol`, `atol` (default `1e-8`, `0`),
     `max_steps` (default `10⁵`), `key`.
+
+    Example:
+
+    ```python
+    >>> import jax, jax.numpy as jnp, lineax as lx
+    >>> import bilevax as bx
+    >>> A = jnp.array([[3.0, 1.0, 0.0], [1.0, 2.0, 1.0], [0.0, 1.0, -1.0]])
+    >>> solver = bx.solvers.GaussianSketch(sketch_size=2, rtol=1e-6)
+    >>> operator, b = lx.MatrixLinearOperator(A), A @ jnp.ones(3)
+    >>> print(lx.linear_solve(operator, b, solver).value.round(4))
+    [1. 1. 1.]
+
+    ```
     """
 
     sketch_size: int = 1
@@ -218,3 +275,11 @@ class GaussianSketch(AbstractSketchSolver):
         S = jax.random.normal(key, (r.shape[0], self.sketch_size), r.dtype)
         small = S.T @ state.gram @ S
         return None, S @ jnp.linalg.solve(small, S.T @ r)
+
+
+__all__ = [
+    "AbstractSketchSolver",
+    "GaussianSketch",
+    "RandomizedKaczmarz",
+    "SketchAndProject",
+]

@@ -14,13 +14,6 @@ from ._quadratic import Quadratic
 matplotlib.use("Agg")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _x64():
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", False)
-
-
 @pytest.fixture(scope="module")
 def quadratic():
     return Quadratic(dx=4, dy=8, n=64)
