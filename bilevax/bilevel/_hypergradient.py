@@ -18,7 +18,7 @@ from .._display import fields_repr, status_name, summarize
 from ..implicit import ImplicitAdjoint, conditions, iterate, root_vjp
 from ..implicit._iterate import AbstractIterateAdjoint
 from ..implicit._linear_solve import CG, default_tolerance
-from ..implicit._tree import tree_norm
+from ..implicit._tree import tree_all_finite, tree_norm
 from ..solvers import RESULTS, AugmentedLagrangian, ConstrainedProblem, minimize
 from ._inner import AbstractInnerSolver, GradientDescent
 from ._problem import BilevelProblem, as_data, check_problem
@@ -146,6 +146,7 @@ def hypergradient(
     data=None,
     *,
     tol: float | Array | None = None,
+    throw: bool = True,
 ):
     r"""Solve the inner problem at `x` and return `(F(x), dF/dx, y, stats)`.
 
@@ -164,6 +165,11 @@ def hypergradient(
       `sample_batch` before calling for a stochastic hypergradient), or `None`.
     - `tol`: implicit only: inner solve to `‖∇_y g‖ <= tol` and adjoint CG to
       relative residual `tol` (default: 1e-10 in float64, 1e-5 in float32).
+    - `throw`: raise a runtime error when the outer loss, the hypergradient or the
+      inner solution is not finite (NaN in the data, a lower level that diverges).
+      With `throw=False` they are returned as they are, for the caller to check;
+      the algorithms' `run` does, and stops with `RESULTS.diverged`. Whether the
+      inner and adjoint solves converged is in `stats` either way.
 
     **Returns:** `(value, grad, y, stats)`: the outer loss at `(x, y)`, the
     hypergradient (a pytree like `x`), the inner solution and `HypergradientStats`.
@@ -188,6 +194,20 @@ def hypergradient(
 
     ```
     """
+    out = _hypergradient(problem, x, y0, inner_solver, adjoint, data, tol)
+    if not throw:
+        return out
+    finite = tree_all_finite(out[:3])
+    message = (
+        "`hypergradient`: the outer loss, the hypergradient or the inner solution is "
+        "non-finite (NaN or infinity): NaN in the data, or a lower level that "
+        "diverges (unbounded below, or too large a step). Pass `throw=False` to get "
+        "the values and `stats` instead."
+    )
+    return jtu.tree_map(lambda a: eqx.error_if(a, ~finite, message), out)
+
+
+def _hypergradient(problem, x, y0, inner_solver, adjoint, data, tol):
     data = as_data(data)
     check_problem(problem, x, y0, data)
     g = lambda x_, y_: problem.inner(x_, y_, data.inner)

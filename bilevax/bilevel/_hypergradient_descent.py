@@ -110,6 +110,7 @@ class HypergradientDescent(AbstractBilevelAlgorithm):
             self.adjoint,
             batch,
             tol=self.tol,
+            throw=False,
         )
         updates, opt_state = self.optimizer.update(grad, state.opt_state, state.x)
         x = _project(self.project, optax.apply_updates(state.x, updates))
@@ -225,6 +226,7 @@ class HOAG(AbstractBilevelAlgorithm):
             adjoint,
             data,
             tol=state.eps * state.inner_scale,
+            throw=False,
         )
         first = state.lipschitz < 0
         norm = tree_norm(grad)

@@ -133,6 +133,14 @@ def sample_batch(
     """
     if level_data is None or batch_size is None:
         return level_data
+    if (
+        not isinstance(batch_size, int)
+        or isinstance(batch_size, bool)
+        or batch_size < 1
+    ):
+        raise TypeError(
+            f"`batch_size` must be a positive int or None, got {batch_size!r}."
+        )
     n = num_samples(level_data, "batched")
     idx = jax.random.randint(key, (batch_size,), 0, n)
     return jtu.tree_map(lambda a: a[idx], level_data)

@@ -5,8 +5,10 @@ result object.
 runs under `jit` and `jax.vmap` (e.g. over seeds). With `progress=True` the chunks
 are driven from Python with a progress bar instead (not inside `jit`/`vmap`).
 
-A step that makes `x` or `y` non-finite is undone and the run stops there with
-`result = RESULTS.diverged`: a NaN is never returned as an answer. Likewise a step
+A step that makes `x` or `y` non-finite, or so large that its square overflows
+(`|a| >= √max` of the dtype: about 1e154 in float64, 1.8e19 in float32), is undone
+and the run stops there with `result = RESULTS.diverged`: a NaN or an overflowing
+iterate is never returned as an answer. Likewise a step
 whose inner solve reports failure (a constrained lower level that is infeasible at
 the current `x`) is undone and the run stops with `RESULTS.inner_failed`.
 """
@@ -23,7 +25,7 @@ import jax.tree_util as jtu
 from jaxtyping import Array, PyTree
 
 from .._display import fields_repr, status_name, summarize
-from ..implicit._tree import tree_all_finite, tree_norm
+from ..implicit._tree import tree_all_bounded, tree_norm
 from ._problem import BilevelData, BilevelProblem, as_data, check_problem
 
 
@@ -50,8 +52,10 @@ class RESULTS(eqxi.Enumeration):
 
     successful = ""
     diverged = (
-        "The run diverged: a step produced a non-finite x or y (NaN or infinity). "
-        "The result holds the last finite iterate; lower the step sizes."
+        "The run diverged: a step produced a non-finite x or y (NaN or infinity) or "
+        "one beyond the square root of the largest float. The result holds the last "
+        "iterate before it; lower the step sizes, or check that the lower level is "
+        "bounded below."
     )
     inner_failed = (
         "The lower-level solve failed (e.g. its constraints are infeasible at the "
@@ -334,7 +338,7 @@ def _chunk(algorithm, problem, data, carry, keys):
         def advance(state):
             new, info = algorithm.step(problem, state, data, key)
             norm = info.hypergradient_norm.astype(dtype)
-            finite = tree_all_finite(algorithm.iterates(new))
+            finite = tree_all_bounded(algorithm.iterates(new))
             code = jnp.where(
                 finite,
                 jnp.where(info.inner_failed, _INNER_FAILED, _RUNNING),

@@ -241,10 +241,11 @@ class CG(lx.AbstractLinearSolver):
 class _Reporting(lx.AbstractLinearSolver):
     """Wraps a lineax solver to report what it would otherwise hide.
 
-    Adds to the wrapped solver's `compute`: a failure status when the solution is
-    not finite, the relative residual `‖A v - b‖₂ / ‖b‖₂` and the number of steps in
-    the stats. Because lineax transposes a linear solve into another solve with the
-    transposed state, the checks also run on the reverse-mode (adjoint) solve.
+    Adds to the wrapped solver's `compute`: a failure status when the solution or
+    its residual is not finite, the relative residual `‖A v - b‖₂ / ‖b‖₂` and the
+    number of steps in the stats. Because lineax transposes a linear solve into
+    another solve with the transposed state, the checks also run on the
+    reverse-mode (adjoint) solve.
 
     With `mask_failures=True` every status is reported as successful (the user asked
     for `throw=False` in a place where lineax offers no way to return a status).
@@ -264,13 +265,18 @@ class _Reporting(lx.AbstractLinearSolver):
         finite_out = tree_all_finite(solution)
         result = lx.RESULTS.where(finite_out, result, lx.RESULTS.singular)
         result = lx.RESULTS.where(finite_in, result, lx.RESULTS.nonfinite_input)
-        if self.mask_failures:
-            result = lx.RESULTS.successful
         out_stats = {"num_steps": jnp.asarray(stats.get("num_steps", 0))}
         if self.residual:
             r = jtu.tree_map(jnp.subtract, operator.mv(solution), vector)
             b = tree_norm(vector)
             out_stats["residual"] = tree_norm(r) / jnp.where(b > 0, b, 1)
+            # a NaN in the operator can stop an iterative solver at once with a
+            # finite (wrong) solution: its residual tells
+            result = lx.RESULTS.where(
+                jnp.isfinite(out_stats["residual"]), result, lx.RESULTS.nonfinite_input
+            )
+        if self.mask_failures:
+            result = lx.RESULTS.successful
         return solution, result, out_stats
 
     def transpose(self, state, options):

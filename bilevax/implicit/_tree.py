@@ -25,3 +25,15 @@ def tree_all_finite(a: PyTree[Array]) -> Array:
     """`True` when no leaf holds a NaN or an infinity."""
     leaves = [jnp.all(jnp.isfinite(x)) for x in jtu.tree_leaves(a)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def tree_all_bounded(a: PyTree[Array]) -> Array:
+    """`True` when every leaf is below `√max` of its dtype in magnitude (so that its
+    square, hence any quadratic loss of it, is finite): a stricter test of
+    divergence than `tree_all_finite`, which catches an iterate growing
+    geometrically before it overflows."""
+    leaves = [
+        jnp.all(jnp.abs(x) < jnp.sqrt(jnp.finfo(jnp.result_type(x)).max))
+        for x in jtu.tree_leaves(a)
+    ]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)

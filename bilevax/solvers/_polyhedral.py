@@ -22,6 +22,7 @@ degenerate sets (many more active rows than free variables) take tens.
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array
 
 from .._display import fields_repr, status_name, summarize
@@ -116,17 +117,29 @@ def project_polyhedron(
 
     ```
     """
-    target = jax.lax.stop_gradient(jnp.asarray(target))
-    if target.ndim != 1 or not jnp.issubdtype(target.dtype, jnp.floating):
-        raise ValueError(
-            f"`target` must be a 1-D float array, got {target.dtype}{target.shape}."
+    if not isinstance(target, jax.Array | np.ndarray):
+        raise TypeError(
+            f"`target` must be a 1-D float array (flatten a pytree first, e.g. with "
+            f"`jax.flatten_util.ravel_pytree`); got {type(target).__name__}."
         )
+    target = jax.lax.stop_gradient(jnp.asarray(target))
+    if not jnp.issubdtype(target.dtype, jnp.floating):
+        raise TypeError(f"`target` must be a float array, got {target.dtype}.")
+    if target.ndim != 1:
+        raise ValueError(f"`target` must be 1-D, got shape {target.shape}.")
     dtype = target.dtype
     n = target.shape[0]
     if bounds is None:
         lower = jnp.full((n,), -jnp.inf, dtype)
         upper = jnp.full((n,), jnp.inf, dtype)
     else:
+        if not isinstance(bounds, tuple | list) or len(bounds) != 2:
+            raise ValueError("`bounds` must be a pair `(lower, upper)` or None.")
+        if any(jnp.ndim(b) > 1 or jnp.size(b) not in (1, n) for b in bounds):
+            raise ValueError(
+                f"`bounds`: `lower` and `upper` must be scalars or of shape ({n},) "
+                f"like `target`; got shapes {[jnp.shape(b) for b in bounds]}."
+            )
         lower, upper = (jnp.broadcast_to(jnp.asarray(b, dtype), (n,)) for b in bounds)
     a = _rows(eq, ineq, dtype)
     m = 0 if eq is None else jax.eval_shape(eq, target).shape[0]
