@@ -16,11 +16,24 @@ training samples plus the validation set (what a user does with the weights).
 
 Run: python examples/hyper_cleaning.py                 # Fashion-MNIST (Debian data)
      python examples/hyper_cleaning.py --dataset digits # scikit-learn digits
+     python examples/hyper_cleaning.py --devices 8      # data-parallel, 8 devices
+
+With `--devices N` the samples are sharded over N devices (`bx.bilevel.shard_data`,
+variables replicated) and XLA splits every loss and gradient across them; on a CPU
+the script asks JAX for N host devices.
 """
 
 import argparse
 import os
+import sys
 import time
+
+if "--devices" in sys.argv:  # CPU devices must be requested before JAX starts
+    _count = sys.argv[sys.argv.index("--devices") + 1]
+    os.environ["XLA_FLAGS"] = (
+        f"{os.environ.get('XLA_FLAGS', '')} "
+        f"--xla_force_host_platform_device_count={_count}"
+    )
 
 import jax
 import jax.numpy as jnp
@@ -117,6 +130,9 @@ def main():
     )
     parser.add_argument("--methods", default="ift,f2sa,penalty")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--devices", type=int, default=1, help="shard the samples over N devices"
+    )
     parser.add_argument("--out", default="outputs")
     args = parser.parse_args()
 
@@ -139,7 +155,14 @@ def main():
         return jnp.mean(cross_entropy(apply(p, Zb), yb))
 
     problem = bx.bilevel.BilevelProblem(outer=outer, inner=inner)
-    data = ((Z, noisy, jnp.arange(n)), (Z_val, y_val))
+    data = bx.bilevel.BilevelData((Z, noisy, jnp.arange(n)), (Z_val, y_val))
+    if args.devices > 1:
+        devices = jax.devices()[: args.devices]
+        if len(devices) < args.devices:
+            raise SystemExit(f"--devices {args.devices}: JAX sees {len(devices)}.")
+        mesh = jax.sharding.Mesh(np.array(devices), ("data",))
+        data = bx.bilevel.shard_data(data, mesh)
+        print(f"samples sharded over {len(devices)} {devices[0].platform} devices")
     accuracy = jax.jit(
         lambda p: jnp.mean(jnp.argmax(apply(p, Z_test), axis=1) == y_test)
     )
@@ -204,9 +227,7 @@ def main():
     per_chunk = max(1, args.steps // chunks)
     for name in args.methods.split(","):
         algorithm = algorithms[name]
-        state = algorithm.init(
-            problem, x0, params0, bx.bilevel.BilevelData(*data), jax.random.key(0)
-        )
+        state = algorithm.init(problem, x0, params0, data, jax.random.key(0))
         run = jax.jit(
             lambda state, key, algorithm=algorithm: algorithm.run(
                 problem, x0, params0, data, key=key, num_steps=per_chunk, state=state

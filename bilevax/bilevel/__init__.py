@@ -14,7 +14,8 @@
 - Inner solvers: `GradientDescent`, `LBFGS`, and `ConstrainedInner` (a
   `bilevax.solvers` solve, differentiated through its KKT conditions).
 - `sample_batch`: minibatches drawn inside `jit`; `plot_history`: loss and
-  hypergradient-norm curves of runs.
+  hypergradient-norm curves of runs; `shard_data`: data-parallel placement over
+  devices and hosts (`jax.sharding`).
 """
 
 from . import kernels as kernels, sets as sets
@@ -56,6 +57,7 @@ from ._run import (
     History as History,
     StepInfo as StepInfo,
 )
+from ._sharding import shard_data as shard_data
 
 __all__ = [
     "F2SA",
@@ -85,4 +87,5 @@ __all__ = [
     "plot_history",
     "sample_batch",
     "sets",
+    "shard_data",
 ]

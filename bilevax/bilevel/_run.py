@@ -133,8 +133,9 @@ class History(eqx.Module):
 
 
 class BilevelResult(eqx.Module):
-    """Result of `run`: final `x`, `y`, the algorithm's `state` (to continue a run),
-    the `history`, the status `result` and `num_steps` taken.
+    """Result of `run`: final `x`, `y`, the algorithm's `state`, the `history`, the
+    status `result`, the `num_steps` this run took and the `total_steps` since
+    `init` (pass the result as `run(..., state=result)` to continue it).
 
     Example:
 
@@ -160,6 +161,7 @@ class BilevelResult(eqx.Module):
     history: History
     result: RESULTS
     num_steps: Array
+    total_steps: Array
 
     def __repr__(self):
         fields = {
@@ -252,8 +254,13 @@ class AbstractBilevelAlgorithm(eqx.Module):
           With `progress` or `callback` the loop runs one compiled chunk of
           `record_every` steps at a time from Python, with the same numbers as the
           single compiled loop; it cannot be used inside `jit`/`vmap`.
-        - `state`: continue from the `state` of an earlier result instead of
-          `init` (then `x0`, `y0` are only used for checks).
+        - `state`: continue from an earlier `BilevelResult` (or its `state`) instead
+          of `init`; `x0`, `y0` are then only used for checks. Given the result, the
+          run also continues its step count and key schedule (step `t` since
+          `init` draws its batches from `fold_in(split(key)[1], t)`): a run stopped
+          after `N` steps and resumed with the same `key` is bit-identical to an
+          uninterrupted one. Results save and load with
+          `equinox.tree_serialise_leaves` / `tree_deserialise_leaves`.
 
         **Returns:** a `BilevelResult`.
         """
@@ -265,10 +272,16 @@ class AbstractBilevelAlgorithm(eqx.Module):
         num_records = -(-num_steps // record_every)
         key = jax.random.key(0) if key is None else key
         init_key, run_key = jax.random.split(key)
+        start = jnp.array(0)
+        if isinstance(state, BilevelResult):
+            start, state = jnp.asarray(state.total_steps), state.state
         if state is None:
             state = self.init(problem, x0, y0, data, init_key)
-        keys = jax.random.split(run_key, (num_records, record_every))
-        carry = (state, jnp.array(_RUNNING, jnp.int32), jnp.array(0))
+        # step t draws from `fold_in(run_key, t)`, t counted from `init`: a resumed
+        # run continues the same key schedule as an uninterrupted one
+        steps = start + jnp.arange(num_records * record_every).reshape(num_records, -1)
+        keys = jax.vmap(jax.vmap(lambda t: jax.random.fold_in(run_key, t)))(steps)
+        carry = (state, jnp.array(_RUNNING, jnp.int32), jnp.array(0), start)
         if progress or callback is not None:
             history, carry = _run_from_python(
                 self, problem, data, carry, keys, progress, callback
@@ -277,7 +290,7 @@ class AbstractBilevelAlgorithm(eqx.Module):
             carry, history = jax.lax.scan(
                 lambda c, k: _chunk(self, problem, data, c, k), carry, keys
             )
-        state, failed, done = carry
+        state, failed, done, start = carry
         x, y = self.iterates(state)
         result = RESULTS.where(
             failed == _DIVERGED,
@@ -286,7 +299,7 @@ class AbstractBilevelAlgorithm(eqx.Module):
                 failed == _INNER_FAILED, RESULTS.inner_failed, RESULTS.successful
             ),
         )
-        return BilevelResult(x, y, state, history, result, done)
+        return BilevelResult(x, y, state, history, result, done, start + done)
 
 
 _RUNNING, _DIVERGED, _INNER_FAILED = 0, 1, 2
@@ -333,7 +346,7 @@ def _chunk(algorithm, problem, data, carry, keys):
     dtype = jnp.result_type(*jtu.tree_leaves(x))
 
     def one(carry, key):
-        state, failed, done = carry
+        state, failed, done, start = carry
 
         def advance(state):
             new, info = algorithm.step(problem, state, data, key)
@@ -360,10 +373,10 @@ def _chunk(algorithm, problem, data, carry, keys):
 
         state, (info, code) = jax.lax.cond(failed != _RUNNING, skip, advance, state)
         ok = code == _RUNNING
-        return (state, code, done + ok.astype(done.dtype)), info
+        return (state, code, done + ok.astype(done.dtype), start), info
 
     carry, infos = jax.lax.scan(one, carry, keys)
-    state, _, done = carry
+    state, _, done, start = carry
     x, y = algorithm.iterates(state)
     last = jtu.tree_map(lambda a: a[-1], infos)
-    return carry, _full_batch_record(problem, x, y, data, last, done)
+    return carry, _full_batch_record(problem, x, y, data, last, start + done)

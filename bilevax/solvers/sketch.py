@@ -240,7 +240,8 @@ class GaussianSketch(AbstractSketchSolver):
         x ← x + Aᵀ S (Sᵀ A Aᵀ S)⁻¹ Sᵀ (b - A x),
 
     a projection onto `sketch_size` random combinations of the equations (with
-    `sketch_size=1` the Gaussian method of Hong et al. 2023). `O(n² · sketch_size)`
+    `sketch_size=1` the Gaussian method of Hong et al. 2023; at most `n`, the
+    number of equations). `O(n² · sketch_size)`
     work per step: the sketch mixes every equation, so it is insensitive to badly
     scaled rows.
 
@@ -272,7 +273,9 @@ class GaussianSketch(AbstractSketchSolver):
             raise ValueError("`GaussianSketch(sketch_size=...)` must be >= 1.")
 
     def _weights(self, state, r, key):
-        S = jax.random.normal(key, (r.shape[0], self.sketch_size), r.dtype)
+        # more columns than equations would make `Sᵀ A Aᵀ S` singular
+        size = min(self.sketch_size, r.shape[0])
+        S = jax.random.normal(key, (r.shape[0], size), r.dtype)
         small = S.T @ state.gram @ S
         return None, S @ jnp.linalg.solve(small, S.T @ r)
 

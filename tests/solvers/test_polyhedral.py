@@ -93,7 +93,7 @@ def test_infeasible_polyhedron_is_reported():
 def test_bad_input():
     with pytest.raises(Exception, match="not affine"):
         S.project_polyhedron(jnp.ones(3), ineq=lambda v: jnp.array([v @ v - 1]))
-    with pytest.raises(ValueError, match="1-D float"):
+    with pytest.raises(ValueError, match="must be 1-D"):
         S.project_polyhedron(jnp.ones((2, 2)), ineq=lambda v: v[0])
     with pytest.raises(ValueError, match="dual0"):
         S.project_polyhedron(jnp.ones(3), ineq=lambda v: v, dual0=jnp.zeros(2))
