@@ -309,11 +309,30 @@ case("datasets.fashion_mnist", "missing data", (FileNotFoundError, "apt-get"))(
 )
 
 
+_T = lambda y, a: 0.5 * (y + a / y)  # fixed point sqrt(a)
+_sqrt = Im.custom_fixed_point(_T)(lambda init, a: jnp.sqrt(a))
+case("custom_fixed_point", "wrong shape", (ValueError, "fixed-point map"))(
+    lambda: Im.custom_fixed_point(lambda y, a: y[:2])(lambda i, a: a)(None, X0 + 1)
+)
+case("custom_fixed_point", "integer dtype", (TypeError, "floating-point"))(
+    lambda: Im.custom_fixed_point(_T)(lambda i, a: jnp.arange(3))(None, X0 + 1)
+)
+case("custom_fixed_point", "NaN data", (RuntimeError, "non-finite"))(
+    lambda: jax.block_until_ready(_sqrt(None, NAN))
+)
+case("sets.Box", "wrong shape", (ValueError, "Box"))(
+    lambda: B.sets.Box(jnp.zeros(2), jnp.ones(2)).project(jnp.ones(3))
+)
+case("datasets.cutest.load", "unknown problem", (KeyError, "no CUTEst problem"))(
+    lambda: bx.datasets.cutest.load("NO_SUCH_PROBLEM")
+)
+
+
 @pytest.mark.parametrize("call, expected", CASES)
 def test_bad_input(call, expected):
     if isinstance(expected, tuple):
         error, pattern = expected
-        with pytest.raises(error, match=pattern):
+        with pytest.raises(error, match=pattern or None):
             call()
     else:
         expected(call())

@@ -89,9 +89,16 @@ class Box(AbstractSet):
     upper: PyTree[Array] | float = jnp.inf
 
     def _broadcast(self, bound, v):
-        if jtu.tree_structure(bound) == jtu.tree_structure(0.0):
-            return jtu.tree_map(lambda a: jnp.full_like(a, bound), v)
-        return jtu.tree_map(lambda b, a: jnp.broadcast_to(b, a.shape), bound, v)
+        try:
+            if jtu.tree_structure(bound) == jtu.tree_structure(0.0):
+                return jtu.tree_map(lambda a: jnp.full_like(a, bound), v)
+            return jtu.tree_map(lambda b, a: jnp.broadcast_to(b, a.shape), bound, v)
+        except ValueError:
+            shapes = lambda t: jtu.tree_map(jnp.shape, t)
+            raise ValueError(
+                f"`Box` bounds of shapes {shapes(bound)} do not fit the iterate of "
+                f"shapes {shapes(v)}: give scalars or pytrees like it."
+            ) from None
 
     def project(self, v):
         lower = self._broadcast(self.lower, v)

@@ -197,7 +197,17 @@ def fixed_point(map_: Callable[..., PyTree]) -> OptimalityCondition:
     """
 
     def fn(y, *params, **kwargs):
-        return jtu.tree_map(lambda t, a: t - a, map_(y, *params, **kwargs), y)
+        image = map_(y, *params, **kwargs)
+        if jtu.tree_structure(image) != jtu.tree_structure(y) or any(
+            jnp.shape(a) != jnp.shape(b)
+            for a, b in zip(jtu.tree_leaves(image), jtu.tree_leaves(y), strict=True)
+        ):
+            shapes = lambda t: jtu.tree_map(jnp.shape, t)
+            raise ValueError(
+                f"The fixed-point map must return a pytree like `y`: `y` has shapes "
+                f"{shapes(y)}, `T(y, ...)` {shapes(image)}."
+            )
+        return jtu.tree_map(lambda t, a: t - a, image, y)
 
     return OptimalityCondition(fn)
 
