@@ -204,7 +204,7 @@ def hypergradient(
         "diverges (unbounded below, or too large a step). Pass `throw=False` to get "
         "the values and `stats` instead."
     )
-    return jtu.tree_map(lambda a: eqx.error_if(a, ~finite, message), out)
+    return eqx.error_if(out, ~finite, message)
 
 
 def _hypergradient(problem, x, y0, inner_solver, adjoint, data, tol):

@@ -7,12 +7,11 @@ inserts the reductions. `shard_data` only places the data.
 """
 
 import jax
-import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from ._problem import BilevelData, as_data
+from ._problem import BilevelData, as_data, num_samples
 
 
 def shard_data(data, mesh: Mesh | None = None, axis: str = "data"):
@@ -57,21 +56,9 @@ def shard_data(data, mesh: Mesh | None = None, axis: str = "data"):
     processes = jax.process_count()
 
     def place(level, name):
-        if level is None:
-            return None
-        leaves = jtu.tree_leaves(level)
-        for leaf in leaves:
-            if jnp.ndim(leaf) == 0:
-                raise ValueError(
-                    f"`{name}` data leaves need a leading sample axis; got a scalar."
-                )
-        n = {jnp.shape(leaf)[0] for leaf in leaves}
-        if len(n) > 1:
-            raise ValueError(
-                f"`{name}` data leaves must share their leading sample axis; got "
-                f"lengths {sorted(n)}."
-            )
-        (n,) = n
+        n = num_samples(level, name)
+        if n is None:  # `None`, or no arrays in this level
+            return level
         if (n * processes) % devices:
             raise ValueError(
                 f"The {n * processes} `{name}` samples do not split evenly over the "

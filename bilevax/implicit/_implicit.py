@@ -26,7 +26,7 @@ from jaxtyping import Array, PyTree
 
 from .._display import fields_repr, status_name, summarize
 from ._linear_solve import default_linear_solver, wrap_solver
-from ._tree import tree_all_finite
+from ._tree import same_shapes, tree_all_finite
 from .conditions import fixed_point
 
 
@@ -103,12 +103,7 @@ def _check_solution_struct(y_struct, where: str) -> None:
 
 
 def _check_condition_struct(out_struct, y_struct) -> None:
-    same_tree = jtu.tree_structure(out_struct) == jtu.tree_structure(y_struct)
-    if same_tree:
-        shapes_out = [s.shape for s in jtu.tree_leaves(out_struct)]
-        shapes_y = [s.shape for s in jtu.tree_leaves(y_struct)]
-        same_tree = shapes_out == shapes_y
-    if not same_tree:
+    if not same_shapes(out_struct, y_struct):
         raise ValueError(
             "The optimality function must return a pytree with the same structure "
             "and shapes as the solution `y`, since `F(y, θ) = 0` is a square system "
@@ -389,10 +384,7 @@ def _prepare(optimality_fn, solution, params, tags, linear_solver):
 
 
 def _check_like(tree, like, name: str):
-    if jtu.tree_structure(tree) != jtu.tree_structure(like) or any(
-        jnp.shape(a) != jnp.shape(b)
-        for a, b in zip(jtu.tree_leaves(tree), jtu.tree_leaves(like), strict=True)
-    ):
+    if not same_shapes(tree, like):
         raise ValueError(
             f"`{name}` must have the structure and shapes of its primal; got "
             f"{_describe(jax.eval_shape(lambda: tree))}, expected "

@@ -21,6 +21,15 @@ def tree_axpy(a: Array | float, x: PyTree[Array], y: PyTree[Array]) -> PyTree[Ar
     return jtu.tree_map(lambda u, v: v + a * u, x, y)
 
 
+def same_shapes(a: PyTree, b: PyTree) -> bool:
+    """`True` when `a` and `b` have the same pytree structure and leaf shapes
+    (arrays or `jax.ShapeDtypeStruct`s)."""
+    return jtu.tree_structure(a) == jtu.tree_structure(b) and all(
+        jnp.shape(u) == jnp.shape(v)
+        for u, v in zip(jtu.tree_leaves(a), jtu.tree_leaves(b), strict=True)
+    )
+
+
 def tree_all_finite(a: PyTree[Array]) -> Array:
     """`True` when no leaf holds a NaN or an infinity."""
     leaves = [jnp.all(jnp.isfinite(x)) for x in jtu.tree_leaves(a)]

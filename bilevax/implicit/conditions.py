@@ -28,6 +28,8 @@ import jax.tree_util as jtu
 import lineax as lx
 from jaxtyping import PyTree
 
+from ._tree import same_shapes
+
 _SPD = frozenset({lx.symmetric_tag, lx.positive_semidefinite_tag})
 
 
@@ -198,10 +200,7 @@ def fixed_point(map_: Callable[..., PyTree]) -> OptimalityCondition:
 
     def fn(y, *params, **kwargs):
         image = map_(y, *params, **kwargs)
-        if jtu.tree_structure(image) != jtu.tree_structure(y) or any(
-            jnp.shape(a) != jnp.shape(b)
-            for a, b in zip(jtu.tree_leaves(image), jtu.tree_leaves(y), strict=True)
-        ):
+        if not same_shapes(image, y):
             shapes = lambda t: jtu.tree_map(jnp.shape, t)
             raise ValueError(
                 f"The fixed-point map must return a pytree like `y`: `y` has shapes "

@@ -132,14 +132,11 @@ def minimize(
 
     (y, multipliers), (stats, result) = solve((y0, multipliers0), args)
     if throw:
-        y = jtu.tree_map(
-            lambda a: eqx.error_if(
-                a,
-                result != RESULTS.successful,
-                "`minimize` failed: the status in `ConstrainedSolution.result` is not "
-                "successful (no convergence, singular constraints, or NaN). Pass "
-                "`throw=False` to inspect it.",
-            ),
+        y = eqx.error_if(
             y,
+            result != RESULTS.successful,
+            "`minimize` failed: the status in `ConstrainedSolution.result` is not "
+            "successful (no convergence, singular constraints, or NaN). Pass "
+            "`throw=False` to inspect it.",
         )
     return ConstrainedSolution(y, multipliers, stats, result)
