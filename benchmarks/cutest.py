@@ -75,7 +75,9 @@ def _timed_jax(run, *xs):
 
 def bilevax_solver(solver):
     def solve(p):
-        run = jax.jit(lambda y0, args: S.minimize(p.problem, y0, args, solver))
+        run = jax.jit(
+            lambda y0, args: S.minimize(p.problem, y0, args, solver, throw=False)
+        )
         sol, seconds = _timed_jax(run, p.y0, p.args)
         return sol.y, int(sol.stats["num_steps"]), seconds
 

@@ -224,14 +224,18 @@ for _solver in (S.SketchedNewton(max_steps=50), S.AugmentedLagrangian()):
         f"minimize({type(_solver).__name__})",
         "NaN data",
         lambda s: _stats_result(s, S.RESULTS.nonfinite),
-    )(lambda s=_solver: S.minimize(_problem, X0, NAN, s))
+    )(lambda s=_solver: S.minimize(_problem, X0, NAN, s, throw=False))
     case(
         f"minimize({type(_solver).__name__})",
         "diverging (unbounded) problem",
         lambda s: _stats_result(s, *FAILURES),
     )(
         lambda s=_solver: S.minimize(
-            S.ConstrainedProblem(lambda y, a: -y[0], eq=_problem.eq), X0, X0, s
+            S.ConstrainedProblem(lambda y, a: -y[0], eq=_problem.eq),
+            X0,
+            X0,
+            s,
+            throw=False,
         )
     )
 

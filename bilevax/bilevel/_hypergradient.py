@@ -67,7 +67,9 @@ def _constrained_hypergradient(problem, f, g, x, y0, inner: ConstrainedInner):
     )
 
     def outer_loss(x_):
-        sol = minimize(lower_level, jax.lax.stop_gradient(y0), x_, inner.solver)
+        sol = minimize(
+            lower_level, jax.lax.stop_gradient(y0), x_, inner.solver, throw=False
+        )
         return f(x_, sol.y), sol
 
     (value, sol), grad = jax.value_and_grad(outer_loss, has_aux=True)(x)

@@ -157,7 +157,7 @@ def coupled_projection(
             ineq=None if ineq is None else lambda w, _: ineq(w),
             bounds=bounds,
         )
-        sol = minimize(problem, w0, jax.lax.stop_gradient(target), solver)
+        sol = minimize(problem, w0, jax.lax.stop_gradient(target), solver, throw=False)
         return unravel(_checked(sol.y, sol.result))
 
     return project

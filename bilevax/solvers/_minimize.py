@@ -22,9 +22,6 @@ from ._sketched_newton import SketchedNewton
 
 
 def _check(problem: ConstrainedProblem, y0, args) -> dict[str, int]:
-    if not jtu.tree_leaves(y0):
-        raise TypeError("`y0` must be a non-empty pytree of float arrays.")
-    _check_floating(y0, "y0")
     value = jax.eval_shape(problem.objective, y0, args)
     if not isinstance(value, jax.ShapeDtypeStruct) or value.shape != ():
         raise ValueError(f"`objective(y, args)` must return a scalar; got {value}.")
@@ -33,11 +30,20 @@ def _check(problem: ConstrainedProblem, y0, args) -> dict[str, int]:
         fn = getattr(problem, name)
         if fn is not None:
             sizes[name] = _check_constraint_output(fn, name, y0, args)
-    y_flat, unravel = jfu.ravel_pytree(y0)
     if problem.bounds is not None:
-        _flat_bounds(problem, y_flat, unravel)
-        sizes["lower"] = sizes["upper"] = y_flat.shape[0]
+        sizes["lower"] = sizes["upper"] = jfu.ravel_pytree(y0)[0].shape[0]
     return sizes
+
+
+def _check_eager(problem: ConstrainedProblem, y0) -> None:
+    """The checks that trace nothing: `y0` floating and non-empty, `bounds` that
+    fit `y0` (with `lower <= upper` when concrete)."""
+    if not jtu.tree_leaves(y0):
+        raise TypeError("`y0` must be a non-empty pytree of float arrays.")
+    _check_floating(y0, "y0")
+    if problem.bounds is not None:
+        y_flat, unravel = jfu.ravel_pytree(y0)
+        _flat_bounds(problem, y_flat, unravel)
 
 
 def _kkt_condition(problem: ConstrainedProblem, y0):
@@ -84,8 +90,8 @@ def minimize(
     solver=SketchedNewton(),  # noqa: B008
     *,
     key: PRNGKeyArray | None = None,
-    throw: bool = False,
-    adjoint_solver: lx.AbstractLinearSolver = lx.LU(),  # noqa: B008
+    throw: bool = True,
+    adjoint_solver: lx.AbstractLinearSolver = lx.SVD(),  # noqa: B008
 ) -> ConstrainedSolution:
     r"""Solve `problem` from `y0` with `solver`; derivatives of the solution and
     multipliers with respect to `args` come from the KKT conditions
@@ -95,11 +101,21 @@ def minimize(
     **Arguments:** `problem` (`ConstrainedProblem`), `y0` (pytree of floats),
     `args` (pytree passed to every function), `solver` (`SketchedNewton()` by
     default), `key` (for randomized solvers; default `jax.random.key(0)`), `throw`
-    (raise at run time when the status is not successful), `adjoint_solver`
-    (default `lineax.LU()` on the materialised KKT matrix).
+    (default `True`: raise at run time, also under `jit`, when the status is not
+    successful; the error names the status and what to try), `adjoint_solver`
+    (default `lineax.SVD()` on the materialised KKT matrix: the minimum-norm
+    least-squares adjoint, so that problems with redundant but consistent
+    constraints are differentiated too; `lineax.LU()` is faster for large
+    problems whose constraint Jacobian has full row rank).
 
-    **Returns:** a `ConstrainedSolution`; check `.result` (`RESULTS.successful`)
-    when `throw=False`.
+    Compiled once per problem (the same function objects), solver, and shapes and
+    dtypes of `y0` and `args` (`equinox.filter_jit`): later eager calls reuse it.
+
+    **Returns:** a `ConstrainedSolution`; with `throw=False` check `.result`
+    (`RESULTS.successful`).
+
+    **Raises:** `TypeError`/`ValueError` naming the argument for bad input; with
+    `throw=True`, a run-time error naming the status when the solve fails.
 
     Example:
 
@@ -119,6 +135,12 @@ def minimize(
 
     ```
     """
+    _check_eager(problem, y0)
+    return _minimize(problem, y0, args, solver, key, throw, adjoint_solver)
+
+
+@eqx.filter_jit
+def _minimize(problem, y0, args, solver, key, throw, adjoint_solver):
     sizes = _check(problem, y0, args)
     key = jax.random.key(0) if key is None else key
     dtype = jnp.result_type(*jtu.tree_leaves(y0))
@@ -132,11 +154,39 @@ def minimize(
 
     (y, multipliers), (stats, result) = solve((y0, multipliers0), args)
     if throw:
-        y = eqx.error_if(
-            y,
-            result != RESULTS.successful,
-            "`minimize` failed: the status in `ConstrainedSolution.result` is not "
-            "successful (no convergence, singular constraints, or NaN). Pass "
-            "`throw=False` to inspect it.",
-        )
+        y = raise_if_failed(y, result)
     return ConstrainedSolution(y, multipliers, stats, result)
+
+
+_REMEDIES = {
+    "max_steps_reached": "raise the solver's `max_steps`, loosen its `tol`, or "
+    "start closer to a solution",
+    "singular": "remove redundant constraints, or use `AugmentedLagrangian`",
+    "infeasible": "check that the constraints can be met (and `bounds`), or raise "
+    "`rho_max`",
+    "nonfinite": "check the problem for NaN/inf at `y0` and `args`, try float64 "
+    "(`jax.config.update('jax_enable_x64', True)`), or another solver",
+}
+
+
+def _failure_messages() -> list[str]:
+    """One message per `RESULTS` index: the status by name, what it means and what
+    to try (`throw=False` returns the status instead of raising)."""
+    messages = [""] * len(RESULTS._name_to_item)
+    for name, item in RESULTS._name_to_item.items():
+        remedy = _REMEDIES.get(name, "")
+        messages[int(item._value)] = (
+            f"`minimize` failed with status `RESULTS.{name}`: {RESULTS[item]} "
+            f"What to try: {remedy}; in float32, a looser `tol` or float64; another "
+            "solver. Pass `throw=False` to get the status instead of this error."
+        )
+    return messages
+
+
+def raise_if_failed(tree, result: RESULTS, who: str = "minimize"):
+    """`tree`, with a run-time error naming `result` when it is not successful
+    (works under `jit` and `vmap`)."""
+    messages = [m.replace("`minimize`", f"`{who}`") for m in _failure_messages()]
+    return eqx.branched_error_if(
+        tree, result != RESULTS.successful, result._value, messages
+    )

@@ -24,7 +24,7 @@ class RESULTS(eqxi.Enumeration):
     ...     lambda y, a: jnp.sum(y**2), ineq=lambda y, a: jnp.array([1.0 - y[0], y[0]])
     ... )  # y0 >= 1 and y0 <= 0: infeasible
     >>> solver = bx.solvers.AugmentedLagrangian()
-    >>> solution = bx.solvers.minimize(problem, jnp.zeros(2), None, solver)
+    >>> solution = bx.solvers.minimize(problem, jnp.zeros(2), None, solver, throw=False)
     >>> print(solution.result == bx.solvers.RESULTS.infeasible)
     True
 

@@ -176,10 +176,10 @@ def test_infeasible_problem_is_reported():
         eq=lambda y, a: jnp.array([y[0] + y[1] - 1.0]),
         ineq=lambda y, a: jnp.array([y[0] + y[1]]),
     )
-    sol = _solve(problem, jnp.zeros(2))
+    sol = _solve(problem, jnp.zeros(2), throw=False)
     assert sol.result == S.RESULTS.infeasible
-    with pytest.raises(Exception, match="failed"):
-        _solve(problem, jnp.zeros(2), throw=True)
+    with pytest.raises(Exception, match="RESULTS.infeasible"):
+        _solve(problem, jnp.zeros(2))
 
 
 def test_nan_is_reported():
@@ -187,7 +187,7 @@ def test_nan_is_reported():
         lambda y, a: jnp.sum(jnp.log(y)),
         ineq=lambda y, a: jnp.array([1.0 - jnp.sum(y)]),
     )
-    sol = _solve(problem, jnp.array([-1.0, 2.0]))
+    sol = _solve(problem, jnp.array([-1.0, 2.0]), throw=False)
     assert sol.result == S.RESULTS.nonfinite
 
 
