@@ -202,7 +202,7 @@ def affine_projection(
             constraint, equality, outer_set, inner_set, x, y
         )
         target = jfu.ravel_pytree((x, y))[0]
-        sol = project_polyhedron(target, eq, ineq, bounds, dual)
+        sol = project_polyhedron(target, eq, ineq, bounds, dual, throw=False)
         return (*unravel(_checked(sol.y, sol.result)), sol.dual)
 
     return project

@@ -86,8 +86,10 @@ def test_warm_start_from_a_nearby_projection():
 def test_infeasible_polyhedron_is_reported():
     # v1 <= -1 and v1 >= 1
     ineq = lambda v: jnp.array([v[0] + 1, 1 - v[0]])
-    sol = S.project_polyhedron(jnp.zeros(2), ineq=ineq)
+    sol = S.project_polyhedron(jnp.zeros(2), ineq=ineq, throw=False)
     assert sol.result == S.RESULTS.infeasible
+    with pytest.raises(Exception, match="project_polyhedron` failed.*infeasible"):
+        jax.block_until_ready(S.project_polyhedron(jnp.zeros(2), ineq=ineq).y)
 
 
 def test_bad_input():
@@ -108,3 +110,73 @@ def test_float32():
         assert sol.y.dtype == jnp.float32
         assert sol.result == S.RESULTS.successful
         assert float(jnp.max(ineq(sol.y))) <= 1e-4
+
+
+def _central_differences(fn, x, eps=1e-6):
+    """By one `vmap`ped call (one compilation) over the `2 n` shifted points."""
+    shifts = eps * jnp.eye(x.size)
+    values = jax.vmap(fn)(jnp.concatenate([x + shifts, x - shifts]))
+    return (values[: x.size] - values[x.size :]).T / (2 * eps)
+
+
+def test_jacobian_closed_forms_active_and_inactive():
+    halfplane = lambda t: (
+        S.project_polyhedron(t, ineq=lambda v: jnp.array([v[0] + v[1] - 1.0])).y
+    )
+    active = jnp.array([[0.5, -0.5], [-0.5, 0.5]])
+    np.testing.assert_allclose(jax.jacrev(halfplane)(jnp.array([2.0, 1.0])), active)
+    np.testing.assert_allclose(jax.jacfwd(halfplane)(jnp.array([2.0, 1.0])), active)
+    np.testing.assert_allclose(
+        jax.jacrev(halfplane)(jnp.zeros(2)), jnp.eye(2), atol=1e-12
+    )
+    # the simplex: equality and box, the third coordinate on its bound
+    simplex = lambda t: (
+        S.project_polyhedron(
+            t, eq=lambda v: jnp.array([jnp.sum(v) - 1.0]), bounds=(0.0, 1.0)
+        ).y
+    )
+    expected = jnp.array([[0.5, -0.5, 0.0], [-0.5, 0.5, 0.0], [0.0, 0.0, 0.0]])
+    target = jnp.array([0.9, 0.8, -0.2])
+    np.testing.assert_allclose(jax.jacrev(simplex)(target), expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, pytest.param(5, marks=pytest.mark.slow)])
+def test_jacobian_matches_finite_differences(seed):
+    eq, ineq, bounds, _ = _polyhedron(seed, n=6, m=1, p=5)
+    target = 2 * jax.random.normal(jax.random.key(20 + seed), (6,))
+    project = lambda t: S.project_polyhedron(t, eq, ineq, bounds).y
+    reference = _central_differences(project, target)
+    np.testing.assert_allclose(jax.jacrev(project)(target), reference, atol=1e-6)
+    np.testing.assert_allclose(jax.jacfwd(project)(target), reference, atol=1e-6)
+    # with respect to the bounds and an offset the constraints close over
+    shifted = lambda b: (
+        S.project_polyhedron(
+            target, eq, lambda v: ineq(v) - b[0], (bounds[0] + b[1], bounds[1])
+        ).y
+    )
+    b = jnp.array([0.3, 0.05])
+    np.testing.assert_allclose(
+        jax.jacrev(shifted)(b), _central_differences(shifted, b), atol=1e-6
+    )
+
+
+def test_jacobian_under_vmap_and_in_projected_gradient():
+    from bilevax.implicit import conditions, custom_root
+
+    eq, ineq, bounds, _ = _polyhedron(1, n=6, m=1, p=5)
+    project = lambda t: S.project_polyhedron(t, eq, ineq, bounds).y
+    targets = 2 * jax.random.normal(jax.random.key(3), (3, 6))
+    batched = jax.vmap(jax.jacrev(project))(targets)
+    for i in range(3):
+        np.testing.assert_allclose(batched[i], jax.jacrev(project)(targets[i]))
+    # jaxopt's `projection_polyhedron` pattern: min ½‖y - c‖² over {y0 + y1 <= θ}
+    c = jnp.array([2.0, 1.0])
+    f = lambda y: 0.5 * jnp.sum((y - c) ** 2)
+    halfplane = lambda v, theta: (
+        S.project_polyhedron(v, ineq=lambda w: jnp.array([w[0] + w[1] - theta])).y
+    )
+    solve = custom_root(conditions.projected_gradient(f, halfplane))(
+        lambda init, theta: halfplane(c, theta)
+    )
+    np.testing.assert_allclose(solve(None, 1.0), [1.0, 0.0], atol=1e-9)
+    np.testing.assert_allclose(jax.jacobian(solve, argnums=1)(None, 1.0), [0.5, 0.5])
