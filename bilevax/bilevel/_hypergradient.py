@@ -72,7 +72,16 @@ def _constrained_hypergradient(problem, f, g, x, y0, inner: ConstrainedInner):
         )
         return f(x_, sol.y), sol
 
-    (value, sol), grad = jax.value_and_grad(outer_loss, has_aux=True)(x)
+    value, backward, sol = jax.vjp(outer_loss, x, has_aux=True)
+    failed = sol.result != RESULTS.successful
+    # A failed lower level (e.g. infeasible constraints) has no KKT point to
+    # differentiate at: its KKT matrix may be singular. The adjoint solve is only
+    # run on success; on failure the hypergradient is zero and `inner_failed` set.
+    grad = jax.lax.cond(
+        failed,
+        lambda: jtu.tree_map(jnp.zeros_like, x),
+        lambda: backward(jnp.ones_like(value))[0],
+    )
     dtype = jnp.result_type(*jtu.tree_leaves(y0))
     zero = jnp.zeros((), dtype)
     stats = HypergradientStats(
@@ -81,7 +90,7 @@ def _constrained_hypergradient(problem, f, g, x, y0, inner: ConstrainedInner):
         jnp.array(0),
         zero,
         lx.RESULTS.successful,
-        sol.result != RESULTS.successful,
+        failed,
     )
     return value, grad, jax.lax.stop_gradient(sol.y), stats
 
@@ -171,7 +180,11 @@ def hypergradient(
       inner solution is not finite (NaN in the data, a lower level that diverges).
       With `throw=False` they are returned as they are, for the caller to check;
       the algorithms' `run` does, and stops with `RESULTS.diverged`. Whether the
-      inner and adjoint solves converged is in `stats` either way.
+      inner and adjoint solves converged is in `stats` either way. A lower level
+      that `ConstrainedInner` reports failed (`stats.inner_failed`, e.g.
+      infeasible constraints at `x`) also raises; with `throw=False` its
+      hypergradient is zero (no adjoint solve is attempted) and the algorithms'
+      `run` stops with `RESULTS.inner_failed`.
 
     **Returns:** `(value, grad, y, stats)`: the outer loss at `(x, y)`, the
     hypergradient (a pytree like `x`), the inner solution and `HypergradientStats`.
@@ -206,7 +219,14 @@ def hypergradient(
         "diverges (unbounded below, or too large a step). Pass `throw=False` to get "
         "the values and `stats` instead."
     )
-    return eqx.error_if(out, ~finite, message)
+    out = eqx.error_if(out, ~finite, message)
+    return eqx.error_if(
+        out,
+        out[3].inner_failed,
+        "`hypergradient`: the lower-level solve failed (`stats.inner_failed`: "
+        "infeasible constraints, no convergence or NaN); there is no solution to "
+        "differentiate. Pass `throw=False` to get the status in `stats` instead.",
+    )
 
 
 def _hypergradient(problem, x, y0, inner_solver, adjoint, data, tol):

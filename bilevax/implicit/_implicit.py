@@ -26,6 +26,7 @@ from jaxtyping import Array, PyTree
 
 from .._display import fields_repr, status_name, summarize
 from ._linear_solve import default_linear_solver, wrap_solver
+from ._signature import bind_call, traceable_solver
 from ._tree import same_shapes, tree_all_finite
 from .conditions import fixed_point
 
@@ -231,6 +232,7 @@ def custom_root(
     tags: frozenset[Any] | None = None,
     has_aux: bool = False,
     throw: bool = True,
+    result_shape: PyTree[Any] | None = None,
 ):
     r"""Decorator that differentiates a solver implicitly through `F(y, *params) = 0`.
 
@@ -246,6 +248,21 @@ def custom_root(
     `jax.jacfwd`, `jax.jacrev`, `jax.hessian`, `jax.vmap` and `jax.jit` all work.
     Python floats among the parameters are treated as (differentiable) arrays;
     other non-array parameters (ints, strings, functions) are static.
+
+    A call is bound to the solver's signature, defaults included (as jaxopt's
+    `custom_root` does): parameters that can be passed by position reach the solver
+    and `optimality_fn` by position, in the solver's order, whether the caller named
+    them or not; keyword-only parameters are passed by keyword. So keywords may be
+    named like `optimality_fn`'s own arguments (`y=targets`), and the initial guess
+    may have another name or a default (`init_params=None`).
+
+    A solver that JAX cannot trace (it calls SciPy or NumPy on its inputs) is
+    detected when tracing it raises a tracer-conversion error, and is then called
+    on concrete values through `jax.pure_callback`; its derivatives still come from
+    `optimality_fn`, which must be JAX code. All the transformations above work on
+    it (under `vmap` the solver is called once per batch element, and it runs on
+    the host); only its output shape must be known, from `result_shape` or else
+    from `init`.
 
     **Arguments:**
 
@@ -263,8 +280,15 @@ def custom_root(
     - `throw`: raise a runtime error when the solution is not finite or the linear
       solve fails (does not converge, or returns NaN). With `throw=False` failures
       are not raised; use `root_vjp`/`root_jvp` to get the status and residual.
+    - `result_shape`: for a solver JAX cannot trace only: a pytree of
+      `jax.ShapeDtypeStruct` (or arrays) like what the solver returns (the pair
+      `(y, aux)` with `has_aux`). Default: the shape of `init`.
 
     **Returns:** a function with the solver's signature.
+
+    **Raises:** `TypeError` for a call that does not fit the solver's signature, or
+    a non-traceable solver whose output shape is unknown; `ValueError` when
+    `optimality_fn` does not return a pytree like the solution.
 
     Example:
 
@@ -289,10 +313,12 @@ def custom_root(
         name = getattr(solver, "__name__", repr(solver))
 
         @ft.wraps(solver)
-        def solve(init, *args, **kwargs):
+        def solve(*call_args, **call_kwargs):
+            init, args, kwargs = bind_call(solver, call_args, call_kwargs, name)
             args, kwargs = _scalars_to_arrays((args, kwargs))
-            solver_cc = eqx.filter_closure_convert(solver, init, *args, **kwargs)
-            y_struct = eqx.filter_eval_shape(solver_cc, init, *args, **kwargs)
+            solver_cc, y_struct = traceable_solver(
+                solver, init, args, kwargs, result_shape, name
+            )
             if has_aux:
                 if not (isinstance(y_struct, tuple) and len(y_struct) == 2):
                     raise ValueError(
@@ -337,6 +363,7 @@ def custom_fixed_point(
     *,
     has_aux: bool = False,
     throw: bool = True,
+    result_shape: PyTree[Any] | None = None,
 ):
     r"""Decorator that differentiates a solver through `y* = T(y*, *params)`.
 
@@ -366,6 +393,7 @@ def custom_fixed_point(
         linear_solver,
         has_aux=has_aux,
         throw=throw,
+        result_shape=result_shape,
     )
 
 

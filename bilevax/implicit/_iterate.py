@@ -166,7 +166,13 @@ class TruncatedAdjoint(AbstractIterateAdjoint):
     `α`-strongly convex, `β`-smooth inner loss and gradient steps of size `γ ≤ 1/β`,
     the bias against the full hypergradient is at most
     `(1 - γα)^K ‖∇_y f‖ max_t ‖∂²g/∂x∂y‖ / α`: it decays geometrically in `K` and
-    does not depend on `T`. `K >= T` is exact back-propagation.
+    does not depend on `T`.
+
+    `K >= T` is exact back-propagation, identical to `UnrolledAdjoint` with respect
+    to every input (`y0`, `x`, `batches`). With `K < T` only the last `K` steps are
+    differentiated: the derivative with respect to `y0`, and to the batches of the
+    first `T - K` steps, is zero (the state `y_{T-K}` is a constant); the
+    derivative with respect to `x` counts its use in the last `K` steps only.
 
     **Arguments:**
 
@@ -198,13 +204,15 @@ class TruncatedAdjoint(AbstractIterateAdjoint):
             raise ValueError(f"`TruncatedAdjoint(K=...)` must be >= 0, got {self.K}.")
 
     def loop(self, body, y0, x, xs, num_steps):
-        start = max(num_steps - self.K, 0)
+        tail = UnrolledAdjoint(self.checkpoints, self.max_cotangent_norm)
+        if self.K >= num_steps:  # exact: every input keeps its derivative
+            return tail.loop(body, y0, x, xs, num_steps)
+        start = num_steps - self.K
         frozen_x = jax.lax.stop_gradient(x)
         y, rec_head = _plain_scan(
             body, jax.lax.stop_gradient(y0), frozen_x, _slice_steps(xs, 0, start), start
         )
         y = jax.lax.stop_gradient(y)
-        tail = UnrolledAdjoint(self.checkpoints, self.max_cotangent_norm)
         y, rec_tail = tail.loop(
             body, y, x, _slice_steps(xs, start, num_steps), num_steps - start
         )
@@ -222,6 +230,11 @@ class ImplicitAdjoint(AbstractIterateAdjoint):
     whose solution is isolated (the Jacobian of the condition is invertible); for
     a loop that stops early, or an inner problem with many solutions, use
     `UnrolledAdjoint`/`TruncatedAdjoint`.
+
+    The derivative with respect to `y0` is zero (an isolated fixed point does not
+    depend on where the loop started; it is the `T → ∞` limit of the unrolled
+    one). The batch of the last step enters the condition and is differentiated;
+    earlier batches get zero.
 
     **Arguments:**
 

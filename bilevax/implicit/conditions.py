@@ -64,7 +64,10 @@ class OptimalityCondition(eqx.Module):
 
 
 def stationarity(
-    objective: Callable[..., Any], tags: frozenset[Any] = _SPD
+    objective: Callable[..., Any],
+    tags: frozenset[Any] = _SPD,
+    *,
+    has_aux: bool = False,
 ) -> OptimalityCondition:
     r"""First-order condition of unconstrained minimisation: `F(y, *p) = ∇_y f(y, *p)`.
 
@@ -74,6 +77,7 @@ def stationarity(
     - `tags`: tags of the Jacobian `∇²_y f`. Defaults to symmetric positive
       semidefinite, true at a local minimum; pass `frozenset({lineax.symmetric_tag})`
       for a saddle point (then the default adjoint solver is GMRES).
+    - `has_aux`: `objective` returns `(value, aux)`; `aux` is ignored.
 
     Example:
 
@@ -88,11 +92,36 @@ def stationarity(
 
     ```
     """
-    return OptimalityCondition(jax.grad(objective), frozenset(tags))
+    return OptimalityCondition(
+        _without_aux(jax.grad(objective, has_aux=has_aux), has_aux), frozenset(tags)
+    )
 
 
-def _gradient_step(objective, stepsize, y, params, kwargs):
-    grad = jax.grad(objective)(y, *params, **kwargs)
+def _without_aux(fn: Callable[..., Any], has_aux: bool) -> Callable[..., Any]:
+    """`fn` with the `aux` of its `(output, aux)` dropped when `has_aux`."""
+    if not has_aux:
+        return fn
+    return lambda *args, **kwargs: fn(*args, **kwargs)[0]
+
+
+def _leading_param(args, kwargs, keyword):
+    """The set/prox parameter of a condition called `F(y, θ, *args)` or, as jaxopt's
+    conditions are, `F(y, *args, keyword=θ)`."""
+    if keyword in kwargs:
+        kwargs = dict(kwargs)
+        return kwargs.pop(keyword), args, kwargs
+    if not args:
+        raise TypeError(
+            f"The condition needs its parameter `{keyword}` (positionally after `y`, "
+            "or by that keyword)."
+        )
+    return args[0], args[1:], kwargs
+
+
+def _gradient_step(objective, stepsize, y, params, kwargs, has_aux):
+    grad = _without_aux(jax.grad(objective, has_aux=has_aux), has_aux)(
+        y, *params, **kwargs
+    )
     return jtu.tree_map(lambda a, g: a - stepsize * g, y, grad)
 
 
@@ -100,6 +129,8 @@ def prox_gradient(
     objective: Callable[..., Any],
     prox: Callable[[PyTree, Any, float], PyTree],
     stepsize: float = 1.0,
+    *,
+    has_aux: bool = False,
 ) -> OptimalityCondition:
     r"""Fixed point of proximal gradient descent, for `min_y f(y, *args) + g(y, θ)`.
 
@@ -117,8 +148,11 @@ def prox_gradient(
       near `1/L` (`L` the gradient's Lipschitz constant) give a better-conditioned
       adjoint system.
 
+    - `has_aux`: `objective` returns `(value, aux)`; `aux` is ignored.
+
     The returned condition is called as `F(y, θ, *args)`: the prox parameters come
-    first, then the arguments of `f`.
+    first, then the arguments of `f`; or, as jaxopt's `ProximalGradient`, with
+    `θ` as the keyword `hyperparams_prox`: `F(y, *args, hyperparams_prox=θ)`.
 
     Example:
 
@@ -135,9 +169,10 @@ def prox_gradient(
     ```
     """
 
-    def fn(y, prox_params, *args, **kwargs):
-        v = _gradient_step(objective, stepsize, y, args, kwargs)
-        return jtu.tree_map(lambda p, a: p - a, prox(v, prox_params, stepsize), y)
+    def fn(y, *args, **kwargs):
+        theta, args, kwargs = _leading_param(args, kwargs, "hyperparams_prox")
+        v = _gradient_step(objective, stepsize, y, args, kwargs, has_aux)
+        return jtu.tree_map(lambda p, a: p - a, prox(v, theta, stepsize), y)
 
     return OptimalityCondition(fn)
 
@@ -146,6 +181,8 @@ def projected_gradient(
     objective: Callable[..., Any],
     projection: Callable[[PyTree, Any], PyTree],
     stepsize: float = 1.0,
+    *,
+    has_aux: bool = False,
 ) -> OptimalityCondition:
     r"""Fixed point of projected gradient descent, for `min_{y ∈ C(θ)} f(y, *args)`.
 
@@ -158,7 +195,10 @@ def projected_gradient(
       convex set parametrised by `θ` (e.g. a box with bounds `θ`).
     - `stepsize`: `η > 0`.
 
-    The returned condition is called as `F(y, θ, *args)`.
+    - `has_aux`: `objective` returns `(value, aux)`; `aux` is ignored.
+
+    The returned condition is called as `F(y, θ, *args)`, or, as jaxopt's
+    `ProjectedGradient`, `F(y, *args, hyperparams_proj=θ)`.
 
     Example:
 
@@ -175,15 +215,20 @@ def projected_gradient(
     ```
     """
 
-    def fn(y, projection_params, *args, **kwargs):
-        v = _gradient_step(objective, stepsize, y, args, kwargs)
-        return jtu.tree_map(lambda p, a: p - a, projection(v, projection_params), y)
+    def fn(y, *args, **kwargs):
+        theta, args, kwargs = _leading_param(args, kwargs, "hyperparams_proj")
+        v = _gradient_step(objective, stepsize, y, args, kwargs, has_aux)
+        return jtu.tree_map(lambda p, a: p - a, projection(v, theta), y)
 
     return OptimalityCondition(fn)
 
 
-def fixed_point(map_: Callable[..., PyTree]) -> OptimalityCondition:
+def fixed_point(
+    map_: Callable[..., PyTree], *, has_aux: bool = False
+) -> OptimalityCondition:
     """The condition `F(y, *p) = T(y, *p) - y` of a fixed point of `T`.
+
+    With `has_aux`, `map_` returns `(T(y, *p), aux)` and `aux` is ignored.
 
     Example:
 
@@ -199,7 +244,7 @@ def fixed_point(map_: Callable[..., PyTree]) -> OptimalityCondition:
     """
 
     def fn(y, *params, **kwargs):
-        image = map_(y, *params, **kwargs)
+        image = _without_aux(map_, has_aux)(y, *params, **kwargs)
         if not same_shapes(image, y):
             shapes = lambda t: jtu.tree_map(jnp.shape, t)
             raise ValueError(

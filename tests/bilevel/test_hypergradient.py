@@ -79,3 +79,91 @@ def test_value_is_the_outer_loss_at_the_solution():
         Q.problem, x, Q.y0, bx.bilevel.GradientDescent(5000), data=Q.data
     )
     assert jnp.allclose(value, Q.problem.outer(x, Q.y_star(x), Q.data[1]), rtol=1e-9)
+
+
+# ---------------------------------------------------------------------------------
+# The KKT route on a lower level that becomes infeasible (issue 18.6): the run ends
+# with `inner_failed` and finite iterates whatever the outer loss; `hypergradient`
+# returns the status with `throw=False` and raises with `throw=True`.
+# ---------------------------------------------------------------------------------
+
+_INFEASIBLE_BELOW_ONE = {  # lower level min (y-4)² s.t. y <= x, y >= 1
+    "inner": lambda x, y, b: jnp.sum((y - 4) ** 2),
+    "inner_constraints": lambda x, y: jnp.concatenate([y - x, 1 - y]),
+}
+_OUTERS = {
+    "x-and-y": lambda x, y, b: jnp.sum(0.5 * x**2 + 0.1 * (y - 4) ** 2),
+    "x-only": lambda x, y, b: 0.5 * jnp.sum(x**2),
+    "y-only": lambda x, y, b: jnp.sum((y + 3.0) ** 2),
+}
+
+
+@pytest.mark.parametrize(
+    "outer",
+    [
+        "x-and-y",
+        pytest.param("x-only", marks=pytest.mark.slow),
+        pytest.param("y-only", marks=pytest.mark.slow),
+    ],
+)
+def test_kkt_route_reports_an_infeasible_lower_level(outer):
+    import optax
+
+    problem = bx.bilevel.BilevelProblem(outer=_OUTERS[outer], **_INFEASIBLE_BELOW_ONE)
+    solver = bx.bilevel.HypergradientDescent(
+        optax.sgd(0.3), inner_solver=bx.bilevel.ConstrainedInner()
+    )
+    result = jax.jit(lambda x0, y0: solver.run(problem, x0, y0, num_steps=30))(
+        jnp.array([3.0]), jnp.zeros(1)
+    )
+    assert result.result == bx.bilevel.RESULTS.inner_failed
+    assert jnp.all(jnp.isfinite(result.x)) and jnp.all(jnp.isfinite(result.y))
+    assert float(result.x[0]) < 1.0  # held at the x where the lower level failed
+
+
+def _two_dim_infeasible():
+    """min ‖y - 1‖² s.t. y0 + y1 = x, y >= 0: infeasible for x < 0."""
+    return bx.bilevel.BilevelProblem(
+        outer=lambda x, y, b: jnp.sum((y - 2.0) ** 2) + jnp.sum(x**2),
+        inner=lambda x, y, b: jnp.sum((y - 1.0) ** 2),
+        inner_constraints=lambda x, y: -y,
+        inner_equalities=lambda x, y: jnp.atleast_1d(jnp.sum(y) - x[0]),
+    )
+
+
+@pytest.mark.parametrize(
+    "problem, x_bad, x_good, grad_good",
+    [
+        (
+            bx.bilevel.BilevelProblem(
+                outer=_OUTERS["x-and-y"], **_INFEASIBLE_BELOW_ONE
+            ),
+            jnp.array([0.5]),
+            jnp.array([2.0]),
+            # y* = x on [1, 4]: d/dx (½x² + 0.1(x-4)²) = x + 0.2(x - 4)
+            jnp.array([2.0 + 0.2 * (2.0 - 4.0)]),
+        ),
+        (
+            _two_dim_infeasible(),
+            jnp.array([-1.0]),
+            jnp.array([3.0]),
+            # y* = (x/2, x/2) for x >= 0: d/dx (2(x/2 - 2)² + x²) = x - 4 + 2x
+            jnp.array([3.0 * 3.0 - 4.0]),
+        ),
+    ],
+    ids=["interval", "simplex-like"],
+)
+def test_hypergradient_returns_the_inner_status(problem, x_bad, x_good, grad_good):
+    inner = bx.bilevel.ConstrainedInner()
+    y0 = jnp.zeros(1) if problem.inner_equalities is None else jnp.zeros(2)
+    run = jax.jit(
+        lambda x: bx.bilevel.hypergradient(problem, x, y0, inner, throw=False)
+    )
+    value, grad, y, stats = run(x_good)
+    assert not bool(stats.inner_failed)
+    assert jnp.allclose(grad, grad_good, atol=1e-5)
+    value, grad, y, stats = run(x_bad)
+    assert bool(stats.inner_failed)
+    assert jnp.all(jnp.isfinite(grad)) and jnp.all(grad == 0)
+    with pytest.raises(Exception, match="lower-level solve failed"):
+        bx.bilevel.hypergradient(problem, x_bad, y0, inner)

@@ -256,3 +256,89 @@ def test_bad_inputs():
         iterate(
             optax_step(PROBLEM.inner, optimizer), state, X, 5, adjoint=ImplicitAdjoint()
         )
+
+
+# ---------------------------------------------------------------------------------
+# Every input keeps its derivative where an adjoint claims exactness (issue 18.2).
+# ---------------------------------------------------------------------------------
+
+
+def test_truncated_K_at_least_T_differentiates_the_initial_state():
+    step = lambda y, a, t: y - a * (y - 2.0)
+    for K in [10, 25]:
+        final = lambda y0, K=K: iterate(step, y0, 0.1, 10, adjoint=TruncatedAdjoint(K))
+        assert jnp.allclose(jax.grad(final)(0.0), 0.9**10, rtol=1e-12)
+    # K < T: y_{T-K} is a constant, so d/dy0 is zero (documented).
+    short = lambda y0: iterate(step, y0, 0.1, 10, adjoint=TruncatedAdjoint(3))
+    assert jax.grad(short)(0.0) == 0.0
+
+
+def _maml_step(w, theta, t, batch):
+    """One SGD step on a least-squares task, pulled towards the meta-parameters."""
+    inputs, targets = batch
+    loss = lambda w: 0.5 * jnp.mean((inputs @ w - targets) ** 2)
+    return w - 0.3 * jax.grad(loss)(w) - 0.1 * (w - theta)
+
+
+def _maml_data(num_steps=6):
+    k1, k2 = jax.random.split(jax.random.key(11))
+    return jax.random.normal(k1, (num_steps, 5, 3)), jax.random.normal(
+        k2, (num_steps, 5)
+    )
+
+
+@pytest.mark.parametrize("K", [6, 9])
+def test_truncated_K_at_least_T_equals_unrolled_for_every_input(K):
+    """MAML-style use: θ is both the initial state and the step's parameter, and the
+    batches are differentiated too; the derivatives are checked against finite
+    differences of the plain loop."""
+    batches = _maml_data()
+
+    def outer(theta, batches, adjoint):
+        w = iterate(_maml_step, theta, theta, 6, adjoint=adjoint, batches=batches)
+        return jnp.sum(jnp.sin(w))
+
+    theta = jnp.array([0.3, -0.2, 0.5])
+    want = jax.grad(outer, argnums=(0, 1))(theta, batches, UnrolledAdjoint("all"))
+    got = jax.grad(outer, argnums=(0, 1))(theta, batches, TruncatedAdjoint(K))
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        assert _rel(a, b) < 1e-12
+    e = jnp.array([1.0, 0.0, 0.0]) * 1e-6
+    fd = (
+        outer(theta + e, batches, UnrolledAdjoint())
+        - outer(theta - e, batches, UnrolledAdjoint())
+    ) / 2e-6
+    assert jnp.allclose(got[0][0], fd, rtol=1e-7)
+
+
+def test_truncated_pytree_state_derivative_in_y0_and_x():
+    def step(state, x, t):
+        return {
+            "u": state["u"] - 0.2 * (state["u"] - x * state["v"]),
+            "v": 0.9 * state["v"],
+        }
+
+    y0 = {"u": jnp.array([1.0, -2.0]), "v": jnp.array([0.5, 0.25])}
+
+    def outer(y0, x, adjoint):
+        out = iterate(step, y0, x, 7, adjoint=adjoint)
+        return jnp.sum(out["u"] ** 2) + jnp.sum(out["v"])
+
+    for argnum in (0, 1):
+        want = jax.grad(outer, argnum)(y0, 1.5, UnrolledAdjoint())
+        got = jax.grad(outer, argnum)(y0, 1.5, TruncatedAdjoint(7))
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            assert jnp.allclose(a, b, rtol=1e-12)
+    # K < T: zero for every leaf of y0, a truncated (different) derivative in x.
+    zero = jax.grad(outer)(y0, 1.5, TruncatedAdjoint(3))
+    assert all(jnp.all(leaf == 0) for leaf in jax.tree.leaves(zero))
+
+
+def test_implicit_adjoint_derivative_in_y0_is_the_limit_of_unrolled():
+    """The fixed point does not depend on y0: the unrolled derivative in y0 decays
+    like 0.9^T and the implicit one is its limit, zero."""
+    step = lambda y, a, t: y - a * (y - 2.0)
+    implicit = lambda y0: iterate(step, y0, 0.1, 400, adjoint=ImplicitAdjoint())
+    unrolled = lambda y0: iterate(step, y0, 0.1, 400, adjoint=UnrolledAdjoint())
+    assert jax.grad(implicit)(0.0) == 0.0
+    assert abs(jax.grad(unrolled)(0.0)) < 1e-15
