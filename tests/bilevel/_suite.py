@@ -224,10 +224,12 @@ def constrained_box(
     b=(2.0, 0.0, -1.0, 1.5),
     d=(0.5, 1.0, 3.0, -1.0),
     box=(-1.0, 2.5),
+    scale_f=1.0,
+    scale_g=1.0,
 ):
     """Lower level `min ½‖y - a‖² s.t. y <= x`, outer `½‖x - b‖² + ½‖y - d‖²`,
     `x` in a box: `y* = min(x, a)`, `h` separable, `h*` by a fine grid per
-    coordinate (refined by bisection on the piecewise quadratic)."""
+    coordinate (2e6 points); `scale_f`, `scale_g` rescale the levels."""
     a, b, d = (jnp.asarray(v) for v in (a, b, d))
     inner = lambda x, y, _: 0.5 * jnp.sum((y - a) ** 2)
     outer = lambda x, y, _: 0.5 * jnp.sum((x - b) ** 2) + 0.5 * jnp.sum((y - d) ** 2)
