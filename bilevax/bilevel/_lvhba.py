@@ -375,12 +375,14 @@ class LVHBA(AbstractBilevelAlgorithm):
         pick = lambda name, value: jnp.asarray(
             value if user(name) is None else user(name), dtype
         )
+        # smaller steps for minibatches: the noise neighbourhood scales with them
+        frac = 0.5 if self.batch_size is None else 0.1
         gamma1 = pick("gamma1", 10 / lip_g)
         gamma2 = pick("gamma2", gamma1)
         penalty = pick("penalty", lip_f / lip_g)
-        eta = pick("eta", 0.5 / (lip_g + 1 / gamma1 + lip_c))
+        eta = pick("eta", frac / (lip_g + 1 / gamma1 + lip_c))
         return _Params(
-            alpha=pick("alpha", 0.5 / (lip_f / penalty + lip_g + 1 / gamma1)),
+            alpha=pick("alpha", frac / (lip_f / penalty + lip_g + 1 / gamma1)),
             beta=pick("beta", 2 * eta),
             eta=eta,
             gamma1=gamma1,

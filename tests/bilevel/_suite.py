@@ -294,26 +294,57 @@ def fast_problems():
     ]
 
 
+def _catalogue():
+    """`name -> constructor` of the whole suite (built lazily: the data sets and
+    the reference solves take a few seconds)."""
+    skd = _datasets()
+    quad = {
+        f"quad-B{b:g}-k{k:g}": (
+            lambda b=b, k=k: quadratic(f"quad-B{b:g}-k{k:g}", 10, 50, b, k, 0.1)
+        )
+        for b in (0.1, 1.0, 10.0)
+        for k in (1.0, 30.0, 1e3)
+    }
+    return {
+        "issue-31x7": issue_quadratic,
+        **quad,
+        "quad-cond300": lambda: quadratic(
+            "quad-cond300", 10, 50, 1.0, 300.0, 0.1, seed=1
+        ),
+        "quad-strong-coupling": lambda: quadratic(
+            "quad-strong-coupling", 10, 50, 10.0, 10.0, 0.01, seed=2
+        ),
+        "quad-mu1": lambda: quadratic("quad-mu1", 10, 50, 1.0, 10.0, 1.0, seed=4),
+        "quad-100x500": lambda: quadratic(
+            "quad-100x500", 100, 500, 1.0, 30.0, 0.1, seed=5
+        ),
+        "ridge-wine-1": lambda: ridge("ridge-wine-1", skd.load_wine, False),
+        "ridge-diabetes-per-feature": lambda: ridge(
+            "ridge-diabetes-per-feature", skd.load_diabetes, True
+        ),
+        "logistic-cancer-1": lambda: logistic(
+            "logistic-cancer-1", skd.load_breast_cancer, False
+        ),
+        "logistic-cancer-per-feature": lambda: logistic(
+            "logistic-cancer-per-feature", skd.load_breast_cancer, True
+        ),
+        "several-solutions": several_solutions,
+        "lvhba-box-4d": constrained_box,
+        "lvhba-box-4d-scaled": lambda: constrained_box(
+            "lvhba-box-4d-scaled", scale_f=100.0, scale_g=0.01
+        ),
+        "active-1d": constrained_active,
+    }
+
+
+NAMES = list(_catalogue())
+
+
+def build(name):
+    """One suite problem by name."""
+    return _catalogue()[name]()
+
+
 def all_problems():
     """The whole suite."""
-    skd = _datasets()
-    problems = [issue_quadratic()]
-    for coupling in (0.1, 1.0, 10.0):
-        for cond in (1.0, 30.0, 1e3):
-            problems.append(
-                quadratic(f"quad-B{coupling:g}-k{cond:g}", 10, 50, coupling, cond, 0.1)
-            )
-    problems += [
-        quadratic("quad-cond300", 10, 50, 1.0, 300.0, 0.1, seed=1),
-        quadratic("quad-strong-coupling", 10, 50, 10.0, 10.0, 0.01, seed=2),
-        quadratic("quad-mu1", 10, 50, 1.0, 10.0, 1.0, seed=4),
-        quadratic("quad-large-100x500", 100, 500, 1.0, 30.0, 0.1, seed=5),
-        ridge("ridge-wine-1", skd.load_wine, False),
-        ridge("ridge-diabetes-per-feature", skd.load_diabetes, True),
-        logistic("logistic-cancer-1", skd.load_breast_cancer, False),
-        logistic("logistic-cancer-per-feature", skd.load_breast_cancer, True),
-        several_solutions(),
-        constrained_box(),
-        constrained_active(),
-    ]
-    return problems
+    return [build(name) for name in NAMES]
