@@ -43,6 +43,7 @@ from ..solvers import (
     minimize,
     project_polyhedron,
 )
+from ._constants import top_eigenvalue
 from ._problem import BilevelData, BilevelProblem, sample_batch
 from ._run import AbstractBilevelAlgorithm, StepInfo
 from .sets import AbstractSet, Everything
@@ -56,6 +57,34 @@ class _LVHBAState(eqx.Module):
     z: Array  # the proximal centre of the multiplier
     dual: Array  # multipliers of the last projection onto C (`affine=True`)
     k: Array
+    params: "_Params"
+
+
+class _Params(eqx.Module):
+    """The steps, proximal parameters and penalty base in use (the user's or the
+    derived defaults)."""
+
+    alpha: Array
+    beta: Array
+    eta: Array
+    gamma1: Array
+    gamma2: Array
+    penalty: Array
+
+
+def _joint_lipschitz(fn, x, y):
+    """`λ_max` of the Hessian of `fn` in `(x, y)` jointly."""
+    grad = jax.grad(lambda w: fn(*w))
+    return top_eigenvalue(lambda v: jax.jvp(grad, ((x, y),), (v,))[1], (x, y))
+
+
+def _constraint_norm(constraint, x, y):
+    """`‖∂c/∂(x, y)‖` (1 without constraints)."""
+    if jax.eval_shape(constraint, x, y).shape[0] == 0:
+        return jnp.ones((), jnp.result_type(*jtu.tree_leaves(y)))
+    _, vjp = jax.vjp(lambda w: constraint(*w), (x, y))
+    gram = lambda v: vjp(jax.jvp(lambda w: constraint(*w), ((x, y),), (v,))[1])[0]
+    return jnp.sqrt(top_eigenvalue(gram, (x, y)))
 
 
 def _flat_constraints(constraint, equality, outer_set, inner_set, x, y):
@@ -256,12 +285,12 @@ class LVHBA(AbstractBilevelAlgorithm):
     ```
     """
 
-    alpha: float = 0.008
-    beta: float = 0.02
-    eta: float = 0.01
-    gamma1: float = 10.0
-    gamma2: float = 10.0
-    penalty: float = 0.025
+    alpha: float | None = None
+    beta: float | None = None
+    eta: float | None = None
+    gamma1: float | None = None
+    gamma2: float | None = None
+    penalty: float | None = None
     power: float = 0.3
     multiplier_radius: float = 1e3
     multiplier0: float = 0.0
@@ -275,7 +304,8 @@ class LVHBA(AbstractBilevelAlgorithm):
         if not 0 < self.power < 0.5:
             raise ValueError(f"`power` must lie in (0, 1/2), got {self.power}.")
         for name in ("alpha", "beta", "eta", "gamma1", "gamma2", "penalty"):
-            if not getattr(self, name) > 0:
+            value = getattr(self, name)
+            if value is not None and not value > 0:
                 raise ValueError(f"`{name}` must be positive.")
 
     def _project_c(self, problem: BilevelProblem, x, y, dual):
@@ -328,7 +358,37 @@ class LVHBA(AbstractBilevelAlgorithm):
         project = self._multiplier_projection(problem, x, y)
         p = jax.eval_shape(lambda: self._constraint(problem, x, y)).shape[0]
         lam = project(jnp.full((p,), self.multiplier0, dtype))
-        return _LVHBAState(x, y, y, lam, lam, dual, jnp.array(0))
+        params = self._params(problem, x, y, data, dtype)
+        return _LVHBAState(x, y, y, lam, lam, dual, jnp.array(0), params)
+
+    def _params(self, problem, x, y, data, dtype) -> _Params:
+        """The user's values, else the defaults derived at the start (module docs)."""
+        user = lambda name: getattr(self, name)
+        if all(user(n) is not None for n in _Params.__annotations__):
+            return _Params(
+                *(jnp.asarray(user(n), dtype) for n in _Params.__annotations__)
+            )
+        x, y = jax.lax.stop_gradient((x, y))
+        lip_f = _joint_lipschitz(lambda a, b: problem.outer(a, b, data.outer), x, y)
+        lip_g = _joint_lipschitz(lambda a, b: problem.inner(a, b, data.inner), x, y)
+        lip_c = _constraint_norm(lambda a, b: self._constraint(problem, a, b), x, y)
+        pick = lambda name, value: jnp.asarray(
+            value if user(name) is None else user(name), dtype
+        )
+        # smaller steps for minibatches: the noise neighbourhood scales with them
+        frac = 0.5 if self.batch_size is None else 0.1
+        gamma1 = pick("gamma1", 10 / lip_g)
+        gamma2 = pick("gamma2", gamma1)
+        penalty = pick("penalty", lip_f / lip_g)
+        eta = pick("eta", frac / (lip_g + 1 / gamma1 + lip_c))
+        return _Params(
+            alpha=pick("alpha", frac / (lip_f / penalty + lip_g + 1 / gamma1)),
+            beta=pick("beta", 2 * eta),
+            eta=eta,
+            gamma1=gamma1,
+            gamma2=gamma2,
+            penalty=penalty,
+        )
 
     def iterates(self, state):
         return state.x, state.y
@@ -337,7 +397,8 @@ class LVHBA(AbstractBilevelAlgorithm):
         """One LV-HBA iteration (see the module docs)."""
         x, y, theta, lam, z = state.x, state.y, state.theta, state.lam, state.z
         dtype = jnp.result_type(*jtu.tree_leaves(x))
-        c_k = self.penalty * (state.k.astype(dtype) + 1) ** self.power
+        p = state.params
+        c_k = p.penalty * (state.k.astype(dtype) + 1) ** self.power
         k_inner, k_theta, k_outer = jax.random.split(key, 3)
         inner_batch = sample_batch(data.inner, k_inner, self.batch_size)
         theta_batch = sample_batch(data.inner, k_theta, self.batch_size)
@@ -350,26 +411,26 @@ class LVHBA(AbstractBilevelAlgorithm):
 
         # 1. one projected step on (θ, λ) at the old point
         d_theta = _axpy(
-            1 / self.gamma1,
+            1 / p.gamma1,
             jtu.tree_map(jnp.subtract, theta, y),
             jax.grad(lagrangian, argnums=1)(x, theta, lam),
         )
-        d_lam = -constraint(x, theta) + (lam - z) / self.gamma2
-        theta = self.inner_set.project(_axpy(-self.eta, d_theta, theta))
+        d_lam = -constraint(x, theta) + (lam - z) / p.gamma2
+        theta = self.inner_set.project(_axpy(-p.eta, d_theta, theta))
         project_z = self._multiplier_projection(problem, x, y)
-        lam = project_z(lam - self.eta * d_lam)
+        lam = project_z(lam - p.eta * d_lam)
         # 2. projected step on (x, y) with the new θ, λ
         fx, fy = jax.grad(problem.outer, argnums=(0, 1))(x, y, outer_batch)
         gx, gy = jax.grad(g, argnums=(0, 1))(x, y, inner_batch)
         lx = jax.grad(lagrangian, argnums=0)(x, theta, lam)
         d_x = jtu.tree_map(lambda a, b, c: a / c_k + b - c, fx, gx, lx)
         d_y = jtu.tree_map(
-            lambda a, b, yy, t: a / c_k + b - (yy - t) / self.gamma1, fy, gy, y, theta
+            lambda a, b, yy, t: a / c_k + b - (yy - t) / p.gamma1, fy, gy, y, theta
         )
         x, y, dual = self._project_c(
-            problem, _axpy(-self.alpha, d_x, x), _axpy(-self.alpha, d_y, y), state.dual
+            problem, _axpy(-p.alpha, d_x, x), _axpy(-p.alpha, d_y, y), state.dual
         )
         # 3. the multiplier's proximal centre
-        z = project_z(z - self.beta * (z - lam) / self.gamma2)
-        new = _LVHBAState(x, y, theta, lam, z, dual, state.k + 1)
+        z = project_z(z - p.beta * (z - lam) / p.gamma2)
+        new = _LVHBAState(x, y, theta, lam, z, dual, state.k + 1, p)
         return new, StepInfo(tree_norm((d_x, d_y)))

@@ -38,7 +38,8 @@ import optax
 from jaxtyping import Array, PyTree
 
 from ..implicit._tree import tree_axpy as _axpy, tree_norm
-from ._inner import smoothness
+from . import _constants
+from ._inner import LBFGS, smoothness
 from ._problem import BilevelData, num_samples, sample_batch
 from ._run import AbstractBilevelAlgorithm, StepInfo
 
@@ -52,6 +53,21 @@ class _PenaltyState(eqx.Module):
     opt_state: PyTree  # of the optional optax optimizer of x
     k: Array
     anchor: "_Anchor | None"  # SVRG anchor (None without variance reduction)
+    penalty: Array  # Λ: the user's λ, or the one derived from the constants
+    y_steps: Array  # inner steps per outer step (the user's, or from κ_g)
+    z_steps: Array
+    guard: "_Guard"
+
+
+class _Guard(eqx.Module):
+    """The default `x` step `scale / L_h` and its safeguard: `L_h` is re-estimated
+    when `x` has moved far from `x_ref`, and `scale` halves whenever the direction's
+    norm exceeds ten times the smallest seen since the last halving."""
+
+    lip_h: Array
+    x_ref: PyTree[Array]
+    scale: Array
+    best: Array
 
 
 class _Anchor(eqx.Module):
@@ -90,11 +106,24 @@ def _estimate(fn, argnum, x, w, batch, anchor_x, anchor_w, anchor_grad):
     )
 
 
+def _solve_inner(problem, x, y0, data):
+    """`z* = argmin g(x, ·)` on the whole data (L-BFGS, to a gradient norm
+    `√eps` times the starting one), without gradient."""
+    x, y0 = jax.lax.stop_gradient((x, y0))
+    g = lambda x_, y: problem.inner(x_, y, data.inner)
+    dtype = jnp.result_type(*jtu.tree_leaves(y0))
+    start = tree_norm(jax.grad(g, argnums=1)(x, y0))
+    tol = jnp.sqrt(jnp.finfo(dtype).eps) * jnp.maximum(start, 1e-30)
+    z, _ = LBFGS(num_steps=1000).solve(g, y0, x, tol)
+    return jtu.tree_map(lambda a, b: jnp.where(jnp.isfinite(a), a, b), z, y0)
+
+
 class _AbstractPenaltyAlgorithm(AbstractBilevelAlgorithm):
     """The outer step shared by F2SA and the penalty method; subclasses give the
     schedules of `λ` and the step sizes, and the numbers of inner steps."""
 
     lr_inner: eqx.AbstractVar[float]
+    lr_outer: eqx.AbstractVar[float | None]
     batch_size: eqx.AbstractVar[int | None]
     optimizer: eqx.AbstractVar[optax.GradientTransformation | None]
     variance_reduction: eqx.AbstractVar[Literal["svrg"] | None]
@@ -120,35 +149,98 @@ class _AbstractPenaltyAlgorithm(AbstractBilevelAlgorithm):
         return max(1, -(-n // self.batch_size))
 
     @abc.abstractmethod
-    def _schedule(self, k: Array) -> tuple[Array, Array, Array]:
-        """`(λ_k, inner rate, x step)` at outer step `k` (a float)."""
+    def _schedule(self, k: Array, penalty: Array) -> tuple[Array, Array, Array]:
+        """`(λ_k, inner rate, x step factor)` at outer step `k` (a float), with `Λ =
+        penalty` the base penalty; the `x` step is the factor times `lr_outer`, or
+        times the safeguarded `1/L_h` when `lr_outer` is None."""
 
     @abc.abstractmethod
-    def _inner_steps(self) -> tuple[int, int]:
-        """Gradient steps per outer step on `y` and on `z`."""
+    def _inner_steps(self) -> tuple[int | None, int | None]:
+        """Gradient steps per outer step on `y` and on `z` (None: derived)."""
+
+    @abc.abstractmethod
+    def _user_penalty(self) -> float | None:
+        """The user's base penalty `Λ`, or None to derive it from the constants."""
 
     def _project(self, x):
         return x
 
+    def _derives_step(self) -> bool:
+        return self.lr_outer is None and self.optimizer is None
+
     def init(self, problem, x0, y0, data, key):
-        lip_f = smoothness(lambda y: problem.outer(x0, y, data.outer), y0)
-        lip_g = smoothness(lambda y: problem.inner(x0, y, data.inner), y0)
+        dtype = jnp.result_type(*jtu.tree_leaves(x0))
+        # `z` starts at the lower-level solution, `y` there too (`y_λ - z* = O(1/λ)`)
+        z0 = _solve_inner(problem, x0, y0, data)
+        lip_f = smoothness(lambda y: problem.outer(x0, y, data.outer), z0)
+        lip_g = smoothness(lambda y: problem.inner(x0, y, data.inner), z0)
+        penalty = self._user_penalty()
+        steps = self._inner_steps()
+        if penalty is None or None in steps:
+            mu_g = _constants.strong_convexity_y(problem.inner, x0, z0, data.inner)
+        if penalty is None:
+            penalty = _constants.penalty_scale(lip_f, mu_g, dtype)
+        if None in steps:
+            tracking = _constants.tracking_steps(lip_g, mu_g, self.lr_inner)
+            steps = [tracking if t is None else jnp.asarray(t) for t in steps]
+        lip_h = jnp.ones((), dtype)
+        if self._derives_step():
+            lip_h = _constants.outer_smoothness(problem, x0, z0, data)
+        guard = _Guard(lip_h, x0, jnp.ones((), dtype), jnp.full((), jnp.inf, dtype))
         opt_state = None if self.optimizer is None else self.optimizer.init(x0)
         anchor = (
-            _anchor(problem, x0, y0, y0, data) if self._reduces_variance() else None
+            _anchor(problem, x0, z0, z0, data) if self._reduces_variance() else None
         )
-        return _PenaltyState(x0, y0, y0, lip_f, lip_g, opt_state, jnp.array(0), anchor)
+        return _PenaltyState(
+            x0,
+            z0,
+            z0,
+            lip_f,
+            lip_g,
+            opt_state,
+            jnp.array(0),
+            anchor,
+            jnp.asarray(penalty, dtype),
+            *(jnp.asarray(t) for t in steps),
+            guard,
+        )
 
     def iterates(self, state):
         return state.x, state.z
 
+    def _x_update(self, state, d, eta):
+        """`x - η d` (or the optax update), with the default step's safeguard."""
+        x, guard, opt_state = state.x, state.guard, state.opt_state
+        if self.optimizer is not None:
+            updates, opt_state = self.optimizer.update(d, opt_state, x)
+            return optax.apply_updates(x, updates), opt_state, guard
+        if not self._derives_step():
+            return _axpy(-eta * self.lr_outer, d, x), opt_state, guard
+        norm = tree_norm(d)
+        blow_up = norm > 10 * guard.best
+        scale = jnp.where(blow_up, guard.scale / 2, guard.scale)
+        best = jnp.where(blow_up, norm, jnp.minimum(guard.best, norm))
+        x = _axpy(-eta * scale / guard.lip_h, d, x)
+        return x, opt_state, _Guard(guard.lip_h, guard.x_ref, scale, best)
+
+    def _refresh(self, problem, guard, x, z, data):
+        """Re-estimate `L_h` at `(x, z)` once `x` is far from the last estimate."""
+        moved = tree_norm(jtu.tree_map(jnp.subtract, x, guard.x_ref))
+        far = moved > 0.5 * (tree_norm(x) + tree_norm(guard.x_ref))
+        lip_h = jax.lax.cond(
+            far,
+            lambda: _constants.outer_smoothness(problem, x, z, data),
+            lambda: guard.lip_h,
+        )
+        x_ref = jtu.tree_map(lambda a, b: jnp.where(far, a, b), x, guard.x_ref)
+        return _Guard(lip_h, x_ref, guard.scale, guard.best)
+
     def step(self, problem, state: _PenaltyState, data: BilevelData, key: Array):
         """One outer step of the value-function penalty method (see module docs)."""
         dtype = jnp.result_type(*jtu.tree_leaves(state.x))
-        lam, inner_rate, eta_x = self._schedule(state.k.astype(dtype))
+        lam, inner_rate, eta_x = self._schedule(state.k.astype(dtype), state.penalty)
         eta_y = inner_rate / (state.lip_f + lam * state.lip_g)
         eta_z = inner_rate / state.lip_g
-        y_steps, z_steps = self._inner_steps()
         x = state.x
         anchor = state.anchor
         if anchor is not None:
@@ -169,24 +261,22 @@ class _AbstractPenaltyAlgorithm(AbstractBilevelAlgorithm):
         # Step `t` of the `z` and of the `y` loop draw the same inner batch: their
         # errors are then correlated and largely cancel in `y - z`, which enters
         # the `x` direction multiplied by `λ`.
-        keys_g = jax.random.split(key_g, max(y_steps, z_steps))
+        key_t = lambda k, t: jax.random.fold_in(k, t)
 
-        def z_body(z, k):
-            return _axpy(-eta_z, _estimate(g, 1, x, z, inner(k), *at_z), z), None
+        def z_body(t, z):
+            d = _estimate(g, 1, x, z, inner(key_t(key_g, t)), *at_z)
+            return _axpy(-eta_z, d, z)
 
-        def y_body(y, keys):
-            k_g, k_f = keys
+        def y_body(t, y):
             d = _axpy(
                 lam,
-                _estimate(g, 1, x, y, inner(k_g), *at_y),
-                _estimate(f, 1, x, y, outer(k_f), *at_fy),
+                _estimate(g, 1, x, y, inner(key_t(key_g, t)), *at_y),
+                _estimate(f, 1, x, y, outer(key_t(key_f, t)), *at_fy),
             )
-            return _axpy(-eta_y, d, y), None
+            return _axpy(-eta_y, d, y)
 
-        z, _ = jax.lax.scan(z_body, state.z, keys_g[:z_steps])
-        y, _ = jax.lax.scan(
-            y_body, state.y, (keys_g[:y_steps], jax.random.split(key_f, y_steps))
-        )
+        z = jax.lax.fori_loop(0, state.z_steps, z_body, state.z)
+        y = jax.lax.fori_loop(0, state.y_steps, y_body, state.y)
         # One inner batch for both `∇_x g` terms: the parts of `∇_x g` that do not
         # depend on the inner variable cancel exactly (their noise is not scaled
         # up by `λ`).
@@ -198,14 +288,12 @@ class _AbstractPenaltyAlgorithm(AbstractBilevelAlgorithm):
             _estimate(g, 0, x, y, inner_batch, *at_y),
             _estimate(g, 0, x, z, inner_batch, *at_z),
         )
-        opt_state = state.opt_state
-        if self.optimizer is None:
-            x = _axpy(-eta_x, d, x)
-        else:
-            updates, opt_state = self.optimizer.update(d, opt_state, x)
-            x = optax.apply_updates(x, updates)
+        x, opt_state, guard = self._x_update(state, d, eta_x)
+        x = self._project(x)
+        if self._derives_step():
+            guard = self._refresh(problem, guard, x, z, data)
         new = _PenaltyState(
-            self._project(x),
+            x,
             y,
             z,
             state.lip_f,
@@ -213,6 +301,10 @@ class _AbstractPenaltyAlgorithm(AbstractBilevelAlgorithm):
             opt_state,
             state.k + 1,
             anchor,
+            state.penalty,
+            state.y_steps,
+            state.z_steps,
+            guard,
         )
         return new, StepInfo(tree_norm(d))
 
@@ -288,12 +380,12 @@ class F2SA(_AbstractPenaltyAlgorithm):
     ```
     """
 
-    lr_outer: float = 0.1
+    lr_outer: float | None = None
     lr_inner: float = 0.5
-    inner_steps: int = 10
-    lambda0: float = 1.0
-    lambda_growth: float = 1.0
-    noise: Literal["both", "outer", "none"] = "both"
+    inner_steps: int | None = None
+    lambda0: float | None = None
+    lambda_growth: float | None = None
+    noise: Literal["both", "outer", "none"] | None = None
     outer_decay: float | None = None
     inner_decay: float | None = None
     lambda_power: float | None = None
@@ -303,22 +395,27 @@ class F2SA(_AbstractPenaltyAlgorithm):
     snapshot_every: int | None = None
 
     def __check_init__(self):
-        if self.noise not in _F2SA_EXPONENTS:
+        if self.noise is not None and self.noise not in _F2SA_EXPONENTS:
             raise ValueError(
                 f"`noise` must be one of {sorted(_F2SA_EXPONENTS)}, got {self.noise!r}."
             )
 
     def _exponents(self):
-        a, c = _F2SA_EXPONENTS[self.noise]
+        noise = self.noise or ("none" if self.batch_size is None else "both")
+        a, c = _F2SA_EXPONENTS[noise]
         a = a if self.outer_decay is None else self.outer_decay
         c = c if self.inner_decay is None else self.inner_decay
         p = a - c if self.lambda_power is None else self.lambda_power
         return a, c, p
 
-    def _schedule(self, k):
+    def _schedule(self, k, penalty):
         a, c, p = self._exponents()
-        lam = self.lambda0 + self.lambda_growth * k**p
-        return lam, self.lr_inner * (k + 1) ** (-c), self.lr_outer * (k + 1) ** (-a)
+        growth = penalty if self.lambda_growth is None else self.lambda_growth
+        lam = penalty + growth * k**p
+        return lam, self.lr_inner * (k + 1) ** (-c), (k + 1) ** (-a)
+
+    def _user_penalty(self):
+        return self.lambda0
 
     def _inner_steps(self):
         return self.inner_steps, self.inner_steps
@@ -372,23 +469,26 @@ class PenaltyMethod(_AbstractPenaltyAlgorithm):
     ```
     """
 
-    gamma_max: float = 100.0
-    gamma0: float = 1.0
+    gamma_max: float | None = None
+    gamma0: float | None = None
     ramp_steps: int = 100
-    lr_outer: float = 0.1
+    lr_outer: float | None = None
     lr_inner: float = 0.5
-    y_steps: int = 10
-    z_steps: int = 10
+    y_steps: int | None = None
+    z_steps: int | None = None
     batch_size: int | None = None
     project: Callable | None = None
     optimizer: optax.GradientTransformation | None = None
     variance_reduction: Literal["svrg"] | None = None
     snapshot_every: int | None = None
 
-    def _schedule(self, k):
+    def _schedule(self, k, penalty):
+        gamma0 = penalty if self.gamma0 is None else self.gamma0
         ramp = jnp.minimum(k / max(self.ramp_steps, 1), 1.0)
-        gamma = self.gamma0 + (self.gamma_max - self.gamma0) * ramp
-        return gamma, self.lr_inner, self.lr_outer
+        return gamma0 + (penalty - gamma0) * ramp, self.lr_inner, 1.0
+
+    def _user_penalty(self):
+        return self.gamma_max
 
     def _inner_steps(self):
         return self.y_steps, self.z_steps
