@@ -383,8 +383,15 @@ def _run_from_python(args, num_records, record_every, progress, callback):
     finally:
         if bar is not None:
             bar.close()
-    history = jtu.tree_map(lambda *r: jnp.asarray(np.stack(r)), *records)
-    return _finish_jit(algorithm, carry, history)
+    history = jtu.tree_map(lambda *r: jax.device_put(np.stack(r)), *records)
+    # the history stays out of the compiled call, whose program is then the same
+    # for any number of records
+    return eqx.tree_at(
+        lambda r: r.history,
+        _finish_jit(algorithm, carry, None),
+        history,
+        is_leaf=lambda h: h is None,
+    )
 
 
 def _progress_bar(name, total):
