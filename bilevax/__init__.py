@@ -7,6 +7,9 @@ Subpackages:
 - `bilevax.solvers`: constrained solvers whose solutions are differentiable.
 - `bilevax.bilevel`: bilevel problems and algorithms.
 - `bilevax.datasets`: loaders for the examples and benchmarks.
+
+And `save`/`load` for results and states (no template needed), `statuses` and
+`status_counts` for the statuses of a batch of runs.
 """
 
 from . import (
@@ -15,7 +18,18 @@ from . import (
     implicit as implicit,
     solvers as solvers,
 )
+from ._display import status_counts as status_counts, statuses as statuses
+from ._save import load as load, save as save
 
 __version__ = "0.1.0"
 
-__all__ = ["bilevel", "datasets", "implicit", "solvers"]
+__all__ = [
+    "bilevel",
+    "datasets",
+    "implicit",
+    "load",
+    "save",
+    "solvers",
+    "status_counts",
+    "statuses",
+]

@@ -107,18 +107,19 @@ class KernelRidge(eqx.Module):
     def problem(self) -> BilevelProblem:
         """The bilevel problem: `x = (X_s, Y_s)`, `y = α`; the inner loss
         `½ tr(αᵀ(K_ss + ρI)α) - tr(αᵀ Y_s)` has minimiser `α*`."""
+        # bound methods (equal for equal models), not closures: a repeated `run`
+        # finds its compiled program
+        return BilevelProblem(self._outer, self._inner)
 
-        def inner(x, alpha, _):
-            X_s, Y_s = x
-            K, rho = self._gram(X_s)
-            quad = jnp.sum(alpha * (K @ alpha)) + rho * jnp.sum(alpha**2)
-            return (0.5 * quad - jnp.sum(alpha * Y_s)) / K.shape[0]
+    def _inner(self, x, alpha, _):
+        X_s, Y_s = x
+        K, rho = self._gram(X_s)
+        quad = jnp.sum(alpha * (K @ alpha)) + rho * jnp.sum(alpha**2)
+        return (0.5 * quad - jnp.sum(alpha * Y_s)) / K.shape[0]
 
-        def outer(x, alpha, batch):
-            X_t, Y_t = batch
-            return 0.5 * jnp.mean((self.predict(x[0], alpha, X_t) - Y_t) ** 2)
-
-        return BilevelProblem(outer, inner)
+    def _outer(self, x, alpha, batch):
+        X_t, Y_t = batch
+        return 0.5 * jnp.mean((self.predict(x[0], alpha, X_t) - Y_t) ** 2)
 
     def _init_inner(self, x, key):
         return self.fit(*x), None
@@ -216,24 +217,24 @@ class LinearizedNetwork(eqx.Module):
     def problem(self) -> BilevelProblem:
         """The bilevel problem: `x = (X_s, Y_s)`, `y = (θ0, Δθ)`; `θ0` is the base
         point (held fixed: it enters the losses through `stop_gradient`)."""
+        # bound methods, not closures: a repeated `run` finds its compiled program
+        return BilevelProblem(self._outer, self._inner)
 
-        def inner(x, y, _):
-            theta0, delta = y
-            return self._inner_loss(delta, *x, jax.lax.stop_gradient(theta0))
+    def _inner(self, x, y, _):
+        theta0, delta = y
+        return self._inner_loss(delta, *x, jax.lax.stop_gradient(theta0))
 
-        def outer(x, y, batch):
-            theta0, delta = y
-            X_t, Y_t = batch
-            logits = self.temperature * self.outputs(
-                jax.lax.stop_gradient(theta0), delta, X_t
+    def _outer(self, x, y, batch):
+        theta0, delta = y
+        X_t, Y_t = batch
+        logits = self.temperature * self.outputs(
+            jax.lax.stop_gradient(theta0), delta, X_t
+        )
+        return jnp.mean(
+            optax.softmax_cross_entropy_with_integer_labels(
+                logits, jnp.argmax(Y_t, axis=-1)
             )
-            return jnp.mean(
-                optax.softmax_cross_entropy_with_integer_labels(
-                    logits, jnp.argmax(Y_t, axis=-1)
-                )
-            )
-
-        return BilevelProblem(outer, inner)
+        )
 
     def _fit_delta(self, X_s, Y_s, theta0):
         """`Δθ*` by CG on the normal equations (a truncated, matrix-free solve)."""

@@ -209,6 +209,15 @@ def hypergradient(
 
     ```
     """
+    return _compiled_hypergradient(
+        problem, x, y0, inner_solver, adjoint, data, tol, throw
+    )
+
+
+# Compiled once per static configuration and shapes: a repeated eager call with
+# the same problem functions reuses the compiled program (inside `jit` it is inlined).
+@eqx.filter_jit
+def _compiled_hypergradient(problem, x, y0, inner_solver, adjoint, data, tol, throw):
     out = _hypergradient(problem, x, y0, inner_solver, adjoint, data, tol)
     if not throw:
         return out

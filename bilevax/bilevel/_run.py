@@ -22,6 +22,7 @@ import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
+import numpy as np
 from jaxtyping import Array, PyTree
 
 from .._display import fields_repr, status_name, summarize
@@ -264,69 +265,115 @@ class AbstractBilevelAlgorithm(eqx.Module):
 
         **Returns:** a `BilevelResult`.
         """
-        if not isinstance(num_steps, int) or num_steps < 1:
+        if (
+            not isinstance(num_steps, int)
+            or isinstance(num_steps, bool)
+            or num_steps < 1
+        ):
             raise ValueError(f"`num_steps` must be a positive int, got {num_steps!r}.")
-        data = as_data(data)
-        check_problem(problem, x0, y0, data)
         record_every = record_every or max(1, num_steps // 100)
+        if not isinstance(record_every, int) or record_every < 1:
+            raise ValueError(
+                f"`record_every` must be a positive int, got {record_every!r}."
+            )
         num_records = -(-num_steps // record_every)
+        data = as_data(data)
         key = jax.random.key(0) if key is None else key
-        init_key, run_key = jax.random.split(key)
-        start = jnp.array(0)
+        earlier, start = None, None
         if isinstance(state, BilevelResult):
-            start, state = jnp.asarray(state.total_steps), state.state
-        if state is None:
-            state = self.init(problem, x0, y0, data, init_key)
-        # step t draws from `fold_in(run_key, t)`, t counted from `init`: a resumed
-        # run continues the same key schedule as an uninterrupted one
-        steps = start + jnp.arange(num_records * record_every).reshape(num_records, -1)
-        keys = jax.vmap(jax.vmap(lambda t: jax.random.fold_in(run_key, t)))(steps)
-        carry = (state, jnp.array(_RUNNING, jnp.int32), jnp.array(0), start)
+            earlier, start, state = state.history, state.total_steps, state.state
+        args = (self, problem, x0, y0, data, key, state, start)
         if progress or callback is not None:
-            history, carry = _run_from_python(
-                self, problem, data, carry, keys, progress, callback
+            result = _run_from_python(
+                args, num_records, record_every, progress, callback
             )
         else:
-            carry, history = jax.lax.scan(
-                lambda c, k: _chunk(self, problem, data, c, k), carry, keys
-            )
-        state, failed, done, start = carry
-        x, y = self.iterates(state)
-        result = RESULTS.where(
-            failed == _DIVERGED,
-            RESULTS.diverged,
-            RESULTS.where(
-                failed == _INNER_FAILED, RESULTS.inner_failed, RESULTS.successful
-            ),
+            result = _run_compiled(args, num_records, jnp.asarray(record_every))
+        if earlier is None:
+            return result
+        history = jtu.tree_map(
+            lambda a, b: jnp.concatenate([a, b]), earlier, result.history
         )
-        return BilevelResult(x, y, state, history, result, done, start + done)
+        return eqx.tree_at(lambda r: r.history, result, history)
 
 
 _RUNNING, _DIVERGED, _INNER_FAILED = 0, 1, 2
 
 
-def _run_from_python(algorithm, problem, data, carry, keys, progress, callback):
+def _start(algorithm, problem, x0, y0, data, key, state, start):
+    """Checks, `init` (unless resumed) and the loop's carry
+    `(state, status code, steps done, steps before this run, next step index)`."""
+    check_problem(problem, x0, y0, data)
+    init_key, run_key = jax.random.split(key)
+    # strongly typed, so that a chunk's carry out has the types of its carry in
+    start = jnp.zeros((), int) if start is None else jnp.asarray(start)
+    if state is None:
+        state = algorithm.init(problem, x0, y0, data, init_key)
+    return (
+        state,
+        jnp.array(_RUNNING, jnp.int32),
+        jnp.zeros_like(start),
+        start,
+        start,
+    ), run_key
+
+
+def _finish(algorithm, carry, history):
+    state, failed, done, start, _ = carry
+    x, y = algorithm.iterates(state)
+    result = RESULTS.where(
+        failed == _DIVERGED,
+        RESULTS.diverged,
+        RESULTS.where(
+            failed == _INNER_FAILED, RESULTS.inner_failed, RESULTS.successful
+        ),
+    )
+    return BilevelResult(x, y, state, history, result, done, start + done)
+
+
+# Compiled once per static configuration and shapes: `num_steps` and `record_every`
+# are values in the loop (only the number of records sizes the history), so calling
+# `run` again, eagerly, with the same problem functions reuses the compiled program.
+@eqx.filter_jit
+def _run_compiled(args, num_records, record_every):
+    algorithm, problem, _, _, data, _, _, _ = args
+    carry, run_key = _start(*args)
+    carry, history = jax.lax.scan(
+        lambda c, _: _chunk(algorithm, problem, data, c, run_key, record_every),
+        carry,
+        length=num_records,
+    )
+    return _finish(algorithm, carry, history)
+
+
+def _run_from_python(args, num_records, record_every, progress, callback):
     """The records one compiled chunk at a time, with a bar and/or a callback."""
-    if any(isinstance(a, jax.core.Tracer) for a in jtu.tree_leaves((carry, data))):
+    if any(isinstance(a, jax.core.Tracer) for a in jtu.tree_leaves(args)):
         raise ValueError(
             "`progress=True` and `callback` drive the run from Python and cannot be "
             "used inside `jit` or `vmap`; call `run` outside them."
         )
-    bar = None
-    if progress:
-        try:
-            from tqdm.auto import tqdm
-        except ImportError as e:  # pragma: no cover - depends on environment
-            raise ImportError("`progress=True` needs tqdm: `pip install tqdm`.") from e
-        bar = tqdm(total=keys.shape[0] * keys.shape[1], desc=type(algorithm).__name__)
-    chunk = eqx.filter_jit(_chunk)
-    records = []
+    algorithm, problem, _, _, data, _, _, _ = args
+    name = type(algorithm).__name__
+    bar = _progress_bar(name, num_records * record_every) if progress else None
     try:
-        for chunk_keys in keys:
-            carry, record = chunk(algorithm, problem, data, carry, chunk_keys)
+        carry, run_key = _start_jit(*args)
+        # a chunk of no steps compiles the chunk (once: its length is a value) before
+        # the bar starts, so that rate and ETA count compiled steps only
+        jax.block_until_ready(
+            _chunk_jit(algorithm, problem, data, carry, run_key, jnp.asarray(0))
+        )
+        if bar is not None:
+            bar.set_description(name)
+            bar.reset()
+        records = []
+        for _ in range(num_records):
+            carry, record = _chunk_jit(
+                algorithm, problem, data, carry, run_key, jnp.asarray(record_every)
+            )
             records.append(record)
             if bar is not None:
-                bar.update(chunk_keys.shape[0])
+                bar.update(record_every)
                 bar.set_postfix(
                     outer_loss=f"{float(record.outer_loss):.4g}",
                     hypergradient_norm=f"{float(record.hypergradient_norm):.3g}",
@@ -336,21 +383,39 @@ def _run_from_python(algorithm, problem, data, carry, keys, progress, callback):
     finally:
         if bar is not None:
             bar.close()
-    return jtu.tree_map(lambda *r: jnp.stack(r), *records), carry
+    history = jtu.tree_map(lambda *r: jax.device_put(np.stack(r)), *records)
+    # the history stays out of the compiled call, whose program is then the same
+    # for any number of records
+    return eqx.tree_at(
+        lambda r: r.history,
+        _finish_jit(algorithm, carry, None),
+        history,
+        is_leaf=lambda h: h is None,
+    )
 
 
-def _chunk(algorithm, problem, data, carry, keys):
-    """`len(keys)` steps, then one history record."""
+def _progress_bar(name, total):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError as e:  # pragma: no cover - depends on environment
+        raise ImportError("`progress=True` needs tqdm: `pip install tqdm`.") from e
+    return tqdm(total=total, desc=f"{name} (compiling…)")
+
+
+def _chunk(algorithm, problem, data, carry, run_key, length):
+    """`length` steps (an array: one compiled program for every length), then one
+    history record. Step `t` since `init` draws its batches from
+    `fold_in(run_key, t)`."""
 
     x, _ = algorithm.iterates(carry[0])
     dtype = jnp.result_type(*jtu.tree_leaves(x))
 
-    def one(carry, key):
-        state, failed, done, start = carry
+    def one(_, loop):
+        (state, failed, done, start, t), norm = loop
+        key = jax.random.fold_in(run_key, t)
 
         def advance(state):
             new, info = algorithm.step(problem, state, data, key)
-            norm = info.hypergradient_norm.astype(dtype)
             finite = tree_all_bounded(algorithm.iterates(new))
             code = jnp.where(
                 finite,
@@ -363,20 +428,23 @@ def _chunk(algorithm, problem, data, carry, keys):
                 eqx.filter(new, eqx.is_array),
                 eqx.filter(state, eqx.is_array),
             )
-            return eqx.combine(new, eqx.filter(state, eqx.is_array, inverse=True)), (
-                StepInfo(norm),
-                code,
-            )
+            new = eqx.combine(new, eqx.filter(state, eqx.is_array, inverse=True))
+            return new, (info.hypergradient_norm.astype(dtype), code)
 
         def skip(state):
-            return state, (StepInfo(jnp.full((), jnp.nan, dtype)), failed)
+            return state, (jnp.full((), jnp.nan, dtype), failed)
 
-        state, (info, code) = jax.lax.cond(failed != _RUNNING, skip, advance, state)
+        state, (norm, code) = jax.lax.cond(failed != _RUNNING, skip, advance, state)
         ok = code == _RUNNING
-        return (state, code, done + ok.astype(done.dtype), start), info
+        return (state, code, done + ok.astype(done.dtype), start, t + 1), norm
 
-    carry, infos = jax.lax.scan(one, carry, keys)
-    state, _, done, start = carry
+    nan = jnp.full((), jnp.nan, dtype)
+    carry, norm = jax.lax.fori_loop(0, length, one, (carry, nan))
+    state, _, done, start, _ = carry
     x, y = algorithm.iterates(state)
-    last = jtu.tree_map(lambda a: a[-1], infos)
-    return carry, _full_batch_record(problem, x, y, data, last, start + done)
+    return carry, _full_batch_record(problem, x, y, data, StepInfo(norm), start + done)
+
+
+_start_jit = eqx.filter_jit(_start)
+_chunk_jit = eqx.filter_jit(_chunk)
+_finish_jit = eqx.filter_jit(_finish)

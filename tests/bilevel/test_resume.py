@@ -1,10 +1,15 @@
-"""Resumable runs: a run stopped after N steps, saved, loaded and resumed is
-bit-identical to an uninterrupted run with the same key; the same key gives the
-same run."""
+"""Resumable runs: a run stopped after N steps, saved with `bx.save`, loaded with
+`bx.load` (no template, in this process or a fresh one) and resumed is
+bit-identical to an uninterrupted run with the same key, and its history holds
+the whole run; the same key gives the same run."""
 
-import equinox as eqx
+import subprocess
+import sys
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import pytest
 
@@ -25,36 +30,102 @@ STOCHASTIC = {
     "PenaltyMethod": bx.bilevel.PenaltyMethod(batch_size=16),
     "LVHBA": bx.bilevel.LVHBA(batch_size=16),
 }
+KEY = 7
+# 3 records each: the three runs share one compiled program (the steps per record
+# are a value in it, not a shape)
+WHOLE, FIRST, REST = dict(num_steps=30, record_every=10), (9, 3), (21, 7)
+
+
+def run(name, num_steps, record_every, state=None):
+    return STOCHASTIC[name].run(
+        Q.problem,
+        Q.x0,
+        Q.y0,
+        Q.data,
+        key=jax.random.key(KEY),
+        num_steps=num_steps,
+        record_every=record_every,
+        state=state,
+    )
 
 
 def _same(a, b):
     leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
     assert len(leaves_a) == len(leaves_b)
     for u, v in zip(leaves_a, leaves_b, strict=True):
+        assert u.dtype == v.dtype, (u.dtype, v.dtype)
         if jnp.issubdtype(u.dtype, jax.dtypes.prng_key):
             u, v = jax.random.key_data(u), jax.random.key_data(v)
         assert jnp.array_equal(u, v), (u, v)
 
 
+def _check_resumed(rest, whole, first):
+    _same((rest.x, rest.y, rest.state), (whole.x, whole.y, whole.state))
+    assert int(rest.total_steps) == 30 and int(rest.num_steps) == 21
+    assert rest.history.step.tolist() == [3, 6, 9, 16, 23, 30]
+    assert jnp.array_equal(rest.history.outer_loss[:3], first.history.outer_loss)
+    assert rest.history.outer_loss[-1] == whole.history.outer_loss[-1]
+
+
 @pytest.mark.parametrize("name", list(STOCHASTIC))
 def test_stopped_saved_loaded_and_resumed_is_bit_identical(name, tmp_path):
-    algorithm = STOCHASTIC[name]
-    key = jax.random.key(7)
-    run = lambda **kw: algorithm.run(
-        Q.problem, Q.x0, Q.y0, Q.data, key=key, record_every=5, **kw
-    )
-    whole = run(num_steps=30)
-    first = run(num_steps=10)
-    path = tmp_path / "run.eqx"
-    eqx.tree_serialise_leaves(path, first)
-    like = jax.eval_shape(lambda: run(num_steps=10))
-    loaded = eqx.tree_deserialise_leaves(path, like)
+    whole = run(name, **WHOLE)
+    first = run(name, *FIRST)
+    bx.save(tmp_path / "run.npz", first)
+    loaded = bx.load(tmp_path / "run.npz")
     _same(loaded, first)
-    rest = run(num_steps=20, state=loaded)
-    _same((rest.x, rest.y, rest.state), (whole.x, whole.y, whole.state))
-    assert int(rest.total_steps) == 30 and int(rest.num_steps) == 20
-    assert jnp.array_equal(rest.history.step, whole.history.step[2:])
-    assert jnp.array_equal(rest.history.outer_loss, whole.history.outer_loss[2:])
+    assert jax.tree.structure(loaded) == jax.tree.structure(first)
+    _check_resumed(run(name, *REST, state=loaded), whole, first)
+
+
+# Loads each `<name>.npz` of the folder in a fresh process, resumes it and saves
+# `<name>-rest.npz`.
+_RESUME = """
+import sys, jax
+jax.config.update("jax_enable_x64", True)
+import bilevax as bx
+from tests.bilevel.test_resume import REST, run, resume_distillation
+for name in sys.argv[2:]:
+    path = f"{sys.argv[1]}/{name}"
+    loaded = bx.load(path + ".npz")
+    if name == "DatasetDistillation":
+        rest = resume_distillation(loaded)
+    else:
+        rest = run(name, *REST, state=loaded)
+    bx.save(path + "-rest.npz", rest)
+"""
+
+
+def _resume_in_fresh_process(folder, names):
+    root = Path(__file__).parents[2]
+    subprocess.run(
+        [sys.executable, "-c", _RESUME, str(folder), *names],
+        cwd=root,
+        check=True,
+        timeout=600,
+    )
+
+
+def test_resumed_in_a_fresh_process_is_bit_identical(tmp_path):
+    name = "F2SA"
+    whole, first = run(name, **WHOLE), run(name, *FIRST)
+    bx.save(tmp_path / f"{name}.npz", first)
+    _resume_in_fresh_process(tmp_path, [name])
+    _check_resumed(bx.load(tmp_path / f"{name}-rest.npz"), whole, first)
+
+
+@pytest.mark.slow
+def test_every_algorithm_resumes_in_a_fresh_process(tmp_path):
+    runs = {name: (run(name, **WHOLE), run(name, *FIRST)) for name in STOCHASTIC}
+    for name, (_, first) in runs.items():
+        bx.save(tmp_path / f"{name}.npz", first)
+    whole, first = distillation_runs()
+    bx.save(tmp_path / "DatasetDistillation.npz", first)
+    _resume_in_fresh_process(tmp_path, [*STOCHASTIC, "DatasetDistillation"])
+    for name, (whole_run, first_run) in runs.items():
+        _check_resumed(bx.load(tmp_path / f"{name}-rest.npz"), whole_run, first_run)
+    rest = bx.load(tmp_path / "DatasetDistillation-rest.npz")
+    _same((rest.x, rest.state), (whole.x, whole.state))
 
 
 def test_same_key_same_run_and_another_key_another_run():
@@ -67,18 +138,43 @@ def test_same_key_same_run_and_another_key_another_run():
     assert not jnp.array_equal(a.x, c.x)
 
 
-def test_distillation_resumes_bit_identically(tmp_path):
+def test_save_names_what_it_cannot_store(tmp_path):
+    with pytest.raises(TypeError, match=r"tree\['problem'\]\.outer"):
+        bx.save(tmp_path / "f.npz", {"problem": Q.problem})
+    np.savez(tmp_path / "plain.npz", a=np.ones(2))
+    with pytest.raises(ValueError, match="not written by `save`"):
+        bx.load(tmp_path / "plain.npz")
+
+
+def _distillation():
     X = jax.random.normal(jax.random.key(0), (40, 6))
     Y = jax.nn.one_hot(jnp.arange(40) % 2, 2) - 0.5
     distill = bx.bilevel.DatasetDistillation(
         bx.bilevel.KernelRidge(bx.bilevel.kernels.RBF()), batch_size=10
     )
-    support, key = (X[:4], Y[:4]), jax.random.key(3)
-    whole = distill.run(support, (X, Y), key=key, num_steps=12, record_every=4)
-    first = distill.run(support, (X, Y), key=key, num_steps=4, record_every=4)
-    eqx.tree_serialise_leaves(tmp_path / "d.eqx", first)
-    loaded = eqx.tree_deserialise_leaves(tmp_path / "d.eqx", first)
-    rest = distill.run(
-        support, (X, Y), key=key, num_steps=8, record_every=4, state=loaded
+    return lambda num_steps, record_every, state=None: distill.run(
+        (X[:4], Y[:4]),
+        (X, Y),
+        key=jax.random.key(3),
+        num_steps=num_steps,
+        record_every=record_every,
+        state=state,
     )
-    _same(rest.x, whole.x)
+
+
+def distillation_runs():
+    """The uninterrupted run and its first quarter (3 records each: one program)."""
+    run = _distillation()
+    return run(12, 4), run(3, 1)
+
+
+def resume_distillation(loaded):
+    return _distillation()(9, 3, loaded)
+
+
+def test_distillation_resumes_bit_identically(tmp_path):
+    whole, first = distillation_runs()
+    bx.save(tmp_path / "d.npz", first)
+    rest = resume_distillation(bx.load(tmp_path / "d.npz"))
+    _same((rest.x, rest.state), (whole.x, whole.state))
+    assert rest.history.step.tolist() == [1, 2, 3, 6, 9, 12]
