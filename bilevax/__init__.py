@@ -7,15 +7,20 @@ Subpackages:
 - `bilevax.solvers`: constrained solvers whose solutions are differentiable.
 - `bilevax.bilevel`: bilevel problems and algorithms.
 - `bilevax.datasets`: loaders for the examples and benchmarks.
+- `bilevax.prox`: proximal operators and projections (`prox(v, θ, η)`).
+- `bilevax.sklearn`: scikit-learn-style estimators whose regularisation is tuned
+  by hypergradients (`LassoHO`, `ElasticNetHO`).
 """
 
 from . import (
     bilevel as bilevel,
     datasets as datasets,
     implicit as implicit,
+    prox as prox,
+    sklearn as sklearn,
     solvers as solvers,
 )
 
 __version__ = "0.1.0"
 
-__all__ = ["bilevel", "datasets", "implicit", "solvers"]
+__all__ = ["bilevel", "datasets", "implicit", "prox", "sklearn", "solvers"]
