@@ -11,7 +11,8 @@
   with a `KernelRidge` (closed form) or `LinearizedNetwork` (implicit) inner model;
   `kernels`: RBF, NNGP and NTK kernels.
 - `sets`: convex sets by their projections (`Box`, `Ball`, `Simplex`, ...).
-- Inner solvers: `GradientDescent`, `LBFGS`, and `ConstrainedInner` (a
+- Inner solvers: `GradientDescent`, `LBFGS`, `ProximalGradient` (FISTA, for
+  Lasso-type lower levels stated as smooth part + prox), and `ConstrainedInner` (a
   `bilevax.solvers` solve, differentiated through its KKT conditions).
 - `sample_batch`: minibatches drawn inside `jit`; `plot_history`: loss and
   hypergradient-norm curves of runs; `shard_data`: data-parallel placement over
@@ -50,6 +51,7 @@ from ._problem import (
     BilevelProblem as BilevelProblem,
     sample_batch as sample_batch,
 )
+from ._proximal import ProximalGradient as ProximalGradient
 from ._run import (
     RESULTS as RESULTS,
     AbstractBilevelAlgorithm as AbstractBilevelAlgorithm,
@@ -79,6 +81,7 @@ __all__ = [
     "KernelRidge",
     "LinearizedNetwork",
     "PenaltyMethod",
+    "ProximalGradient",
     "StepInfo",
     "affine_projection",
     "coupled_projection",

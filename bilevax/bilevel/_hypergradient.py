@@ -22,6 +22,7 @@ from ..implicit._tree import tree_all_finite, tree_norm
 from ..solvers import RESULTS, AugmentedLagrangian, ConstrainedProblem, minimize
 from ._inner import AbstractInnerSolver, GradientDescent
 from ._problem import BilevelProblem, as_data, check_problem
+from ._proximal import ProximalGradient
 
 
 class ConstrainedInner(eqx.Module):
@@ -245,6 +246,11 @@ def _hypergradient(problem, x, y0, inner_solver, adjoint, data, tol):
     f = lambda x_, y_: problem.outer(x_, y_, data.outer)
     if isinstance(inner_solver, ConstrainedInner):
         return _constrained_hypergradient(problem, f, g, x, y0, inner_solver)
+    if isinstance(inner_solver, ProximalGradient) and isinstance(
+        adjoint, ImplicitAdjoint
+    ):  # through the prox fixed point, on the support
+        *out, parts = inner_solver.implicit_hypergradient(f, g, x, y0, tol)
+        return (*out, HypergradientStats(*parts))
     grad_y_g = jax.grad(g, argnums=1)
 
     if isinstance(adjoint, ImplicitAdjoint):

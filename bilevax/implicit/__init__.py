@@ -9,6 +9,9 @@
 - `CG`, `Neumann`: conjugate gradients and the truncated Neumann series as lineax
   solvers for the adjoint system; any lineax solver (GMRES, BiCGStab, LU, ...)
   works too.
+- `support_vjp`, `SupportAdjoint`: implicit derivatives of proximal-gradient
+  fixed points (Lasso-type problems) with the adjoint system restricted to the
+  support of the solution (Bertrand et al. 2020).
 - `iterate`: differentiate through `T` steps of an iterative map, with
   `UnrolledAdjoint` (checkpointed), `TruncatedAdjoint(K)` or `ImplicitAdjoint`;
   `optax_step` turns an optax optimizer into such a map.
@@ -36,6 +39,11 @@ from ._linear_solve import (
     default_linear_solver as default_linear_solver,
     default_tolerance as default_tolerance,
 )
+from ._support import (
+    SupportAdjoint as SupportAdjoint,
+    SupportStats as SupportStats,
+    support_vjp as support_vjp,
+)
 
 __all__ = [
     "AbstractIterateAdjoint",
@@ -43,6 +51,8 @@ __all__ = [
     "ImplicitAdjoint",
     "ImplicitStats",
     "Neumann",
+    "SupportAdjoint",
+    "SupportStats",
     "TruncatedAdjoint",
     "UnrolledAdjoint",
     "conditions",
@@ -54,4 +64,5 @@ __all__ = [
     "optax_step",
     "root_jvp",
     "root_vjp",
+    "support_vjp",
 ]

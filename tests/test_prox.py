@@ -1,0 +1,130 @@
+"""`bilevax.prox`: each operator is the argmin it claims, and its autodiff
+Jacobian (in `v` and `θ`) equals finite differences at generic points."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+from scipy.optimize import minimize
+
+import bilevax as bx
+
+V = jnp.array([2.0, -0.3, 0.8, -1.7, 0.05, 1.2])
+ETA = 0.7
+
+
+def _l1(u, th):
+    return jnp.sum(th * jnp.abs(u))
+
+
+def _elastic(u, th):
+    return jnp.sum(th[0] * jnp.abs(u) + 0.5 * th[1] * u**2)
+
+
+def _group(u, th):
+    return jnp.sum(th * jnp.linalg.norm(u.reshape(3, 2), axis=-1))
+
+
+def _nonneg(u, th):
+    return jnp.where(jnp.all(u >= -1e-9), jnp.sum(th * u), jnp.inf)
+
+
+# name: (prox, θ, penalty g(u, θ) or None for a projection, feasibility test)
+CASES = {
+    "l1": (bx.prox.l1, 0.5, _l1),
+    "l1_weighted": (bx.prox.l1, jnp.array([0.1, 0.5, 2.0, 0.3, 0.0, 1.0]), _l1),
+    "elastic_net": (bx.prox.elastic_net, (0.5, 0.8), _elastic),
+    "elastic_net_weighted": (
+        bx.prox.elastic_net,
+        (jnp.array([0.1, 0.5, 2.0, 0.3, 0.0, 1.0]), 0.3),
+        _elastic,
+    ),
+    "group_l1": (bx.prox.group_l1, 0.6, _group),
+    "group_l1_weighted": (bx.prox.group_l1, jnp.array([0.2, 1.5, 0.6]), _group),
+    "non_negative_l1": (bx.prox.non_negative_l1, 0.4, _nonneg),
+}
+
+
+def _call(name, v, theta):
+    prox = CASES[name][0]
+    if name.startswith("group"):
+        return prox(v.reshape(3, 2), theta, ETA).reshape(-1)
+    return prox(v, theta, ETA)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_prox_is_the_argmin(name):
+    _, theta, penalty = CASES[name]
+    u = np.asarray(_call(name, V, theta))
+    obj = lambda w: float(0.5 * jnp.sum((w - V) ** 2) + ETA * penalty(w, theta))
+    rng = np.random.default_rng(0)
+    for d in rng.standard_normal((200, V.size)):
+        assert obj(u) <= obj(u + 1e-3 * d) + 1e-12
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_jacobian_equals_finite_differences(name):
+    _, theta, _ = CASES[name]
+    jac_v = jax.jacobian(_call, argnums=1)(name, V, theta)
+    h = 1e-6
+    for i in range(V.size):
+        e = jnp.zeros_like(V).at[i].set(h)
+        fd = (_call(name, V + e, theta) - _call(name, V - e, theta)) / (2 * h)
+        np.testing.assert_allclose(jac_v[:, i], fd, atol=1e-8)
+    leaves, unflatten = ravel_pytree(jax.tree_util.tree_map(jnp.asarray, theta))
+    jac_flat = jax.jacobian(lambda t: _call(name, V, unflatten(t)))(leaves)
+    for i in range(leaves.size):
+        e = jnp.zeros_like(leaves).at[i].set(h)
+        up, down = (
+            _call(name, V, unflatten(leaves + e)),
+            _call(name, V, unflatten(leaves - e)),
+        )
+        np.testing.assert_allclose(jac_flat[:, i], (up - down) / (2 * h), atol=1e-8)
+
+
+def test_group_l1_of_a_zero_group_has_a_finite_derivative():
+    v = jnp.array([[0.0, 0.0], [3.0, 4.0]])
+    jac = jax.jacobian(bx.prox.group_l1)(v, 1.0)
+    assert jnp.all(jnp.isfinite(jac)) and jnp.all(jac[0] == 0)
+
+
+PROJECTIONS = {
+    "box": (bx.prox.box, (-0.5, 1.0), lambda u: np.all((u >= -0.5) & (u <= 1.0))),
+    "simplex": (
+        bx.prox.simplex,
+        2.0,
+        lambda u: np.all(u >= 0) & (abs(u.sum() - 2) < 1e-9),
+    ),
+    "l1_ball": (bx.prox.l1_ball, 1.5, lambda u: np.abs(u).sum() <= 1.5 + 1e-9),
+    "l2_ball": (bx.prox.l2_ball, 1.5, lambda u: np.linalg.norm(u) <= 1.5 + 1e-9),
+}
+
+
+@pytest.mark.parametrize("name", list(PROJECTIONS))
+def test_projection_is_the_nearest_feasible_point(name):
+    project, theta, feasible = PROJECTIONS[name]
+    u = np.asarray(project(V, theta, ETA))
+    assert feasible(u)
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        w = np.asarray(project(V + rng.standard_normal(V.size), theta, ETA))
+        assert np.sum((u - V) ** 2) <= np.sum((w - V) ** 2) + 1e-12
+
+
+@pytest.mark.parametrize("name", list(PROJECTIONS))
+def test_projection_jacobian_equals_finite_differences(name):
+    project, theta, _ = PROJECTIONS[name]
+    jac = jax.jacobian(project)(V, theta, ETA)
+    h = 1e-6
+    for i in range(V.size):
+        e = jnp.zeros_like(V).at[i].set(h)
+        fd = (project(V + e, theta, ETA) - project(V - e, theta, ETA)) / (2 * h)
+        np.testing.assert_allclose(jac[:, i], fd, atol=1e-7)
+
+
+def test_scipy_agrees_on_the_elastic_net_prox():
+    theta = (0.5, 0.8)
+    obj = lambda w: 0.5 * np.sum((w - V) ** 2) + ETA * float(_elastic(w, theta))
+    ref = minimize(obj, np.zeros(V.size), method="Powell", options={"xtol": 1e-10})
+    np.testing.assert_allclose(_call("elastic_net", V, theta), ref.x, atol=1e-6)
