@@ -43,6 +43,7 @@ from ._lvhba import (
     affine_projection as affine_projection,
     coupled_projection as coupled_projection,
 )
+from ._ma_soba import MASOBA as MASOBA
 from ._penalty import F2SA as F2SA, PenaltyMethod as PenaltyMethod
 from ._plot import plot_history as plot_history
 from ._problem import (
@@ -57,14 +58,19 @@ from ._run import (
     History as History,
     StepInfo as StepInfo,
 )
+from ._saba import SABA as SABA
 from ._sharding import shard_data as shard_data
+from ._soba import SOBA as SOBA
 
 __all__ = [
     "F2SA",
     "HOAG",
     "LBFGS",
     "LVHBA",
+    "MASOBA",
     "RESULTS",
+    "SABA",
+    "SOBA",
     "AbstractBilevelAlgorithm",
     "AbstractInnerSolver",
     "BilevelData",
