@@ -89,12 +89,15 @@ class MASOBA(AbstractBilevelAlgorithm):
             raise ValueError(f"`averaging` must be in (0, 1], got {self.averaging!r}.")
 
     def init(self, problem, x0, y0, data: BilevelData, key):
-        rho, gamma, radius = ma_soba_constants(
-            problem, x0, y0, data, self.lr_inner, self.lr_outer, self.radius_factor
-        )
-        rho = rho if self.inner_step is None else self.inner_step
-        gamma = gamma if self.outer_step is None else self.outer_step
-        radius = radius if self.radius is None else self.radius
+        given = (self.inner_step, self.outer_step, self.radius)
+        rho, gamma, radius = given
+        if None in given:
+            rho_, gamma_, radius_ = ma_soba_constants(
+                problem, x0, y0, data, self.lr_inner, self.lr_outer, self.radius_factor
+            )
+            rho = rho_ if rho is None else rho
+            gamma = gamma_ if gamma is None else gamma
+            radius = radius_ if radius is None else radius
         dtype = jnp.result_type(*jtu.tree_leaves(x0))
         zeros = lambda t: jtu.tree_map(jnp.zeros_like, t)
         cast = lambda a: jnp.asarray(a, dtype)

@@ -115,9 +115,13 @@ class SABA(AbstractBilevelAlgorithm):
     batch_size: int | None = None
 
     def init(self, problem, x0, y0, data: BilevelData, key):
-        rho, gamma = soba_steps(problem, x0, y0, data, self.lr_inner, self.lr_outer)
-        rho = rho if self.inner_step is None else self.inner_step
-        gamma = gamma if self.outer_step is None else self.outer_step
+        rho, gamma = self.inner_step, self.outer_step
+        if rho is None or gamma is None:
+            rho_, gamma_ = soba_steps(
+                problem, x0, y0, data, self.lr_inner, self.lr_outer
+            )
+            rho = rho_ if rho is None else rho
+            gamma = gamma_ if gamma is None else gamma
         n = num_samples(data.inner, "inner") or 1
         m = num_samples(data.outer, "outer") or 1
         tables = _Tables(
