@@ -19,6 +19,7 @@
 """
 
 from . import kernels as kernels, sets as sets
+from ._bome import BOME as BOME
 from ._distillation import (
     DatasetDistillation as DatasetDistillation,
     KernelRidge as KernelRidge,
@@ -63,6 +64,7 @@ from ._sharding import shard_data as shard_data
 from ._soba import SOBA as SOBA
 
 __all__ = [
+    "BOME",
     "F2SA",
     "HOAG",
     "LBFGS",

@@ -127,3 +127,20 @@ def saba_step(P, x, y, v, mem, rho, gamma, key, b):
     fx = saga(P.grad_x(1, j, x, y), mem.fx, j)
     fy = saga(P.grad_y(1, j, x, y), mem.fy, j)
     return x - gamma * (fx + cv), y - rho * gy, v - rho * (hv + fy)
+
+
+def bome_step(P, x, y, alpha, xi, eta, T, key, b):
+    """Algorithm 1 of Liu et al. (2022): ŷ by T gradient steps on the inner batch,
+    then the dynamic-barrier step on (x, y)."""
+    n, m = len(P.levels[0]["w"]), len(P.levels[1]["w"])
+    k_g, k_f = jax.random.split(key)
+    i, j = _randint(k_g, b, n), _randint(k_f, b, m)
+    y_hat = y.copy()
+    for _ in range(T):
+        y_hat = y_hat - alpha * P.grad_y(0, i, x, y_hat).mean(0)
+    q_x = P.grad_x(0, i, x, y).mean(0) - P.grad_x(0, i, x, y_hat).mean(0)
+    q_y = P.grad_y(0, i, x, y).mean(0)
+    f_x, f_y = P.grad_x(1, j, x, y).mean(0), P.grad_y(1, j, x, y).mean(0)
+    norm2 = q_x @ q_x + q_y @ q_y
+    lam = max(eta * norm2 - (f_x @ q_x + f_y @ q_y), 0.0) / norm2
+    return x - xi * (f_x + lam * q_x), y - xi * (f_y + lam * q_y)
