@@ -20,6 +20,7 @@
 """
 
 from . import kernels as kernels, sets as sets
+from ._bome import BOME as BOME
 from ._distillation import (
     DatasetDistillation as DatasetDistillation,
     KernelRidge as KernelRidge,
@@ -44,6 +45,7 @@ from ._lvhba import (
     affine_projection as affine_projection,
     coupled_projection as coupled_projection,
 )
+from ._ma_soba import MASOBA as MASOBA
 from ._penalty import F2SA as F2SA, PenaltyMethod as PenaltyMethod
 from ._plot import plot_history as plot_history
 from ._problem import (
@@ -59,14 +61,20 @@ from ._run import (
     History as History,
     StepInfo as StepInfo,
 )
+from ._saba import SABA as SABA
 from ._sharding import shard_data as shard_data
+from ._soba import SOBA as SOBA
 
 __all__ = [
+    "BOME",
     "F2SA",
     "HOAG",
     "LBFGS",
     "LVHBA",
+    "MASOBA",
     "RESULTS",
+    "SABA",
+    "SOBA",
     "AbstractBilevelAlgorithm",
     "AbstractInnerSolver",
     "BilevelData",
