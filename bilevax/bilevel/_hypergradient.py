@@ -168,8 +168,9 @@ def hypergradient(
     - `throw`: raise a runtime error when the outer loss, the hypergradient or the
       inner solution is not finite (NaN in the data, a lower level that diverges).
       With `throw=False` they are returned as they are, for the caller to check;
-      the algorithms' `run` does, and stops with `RESULTS.diverged`. Whether the
-      inner and adjoint solves converged is in `stats` either way.
+      the algorithms' `run` does, and stops with `RESULTS.diverged`. A failed
+      adjoint solve (`stats.linear_result`) raises too. Whether the inner solve
+      converged is in `stats` either way.
 
     **Returns:** `(value, grad, y, stats)`: the outer loss at `(x, y)`, the
     hypergradient (a pytree like `x`), the inner solution and `HypergradientStats`.
@@ -204,7 +205,14 @@ def hypergradient(
         "diverges (unbounded below, or too large a step). Pass `throw=False` to get "
         "the values and `stats` instead."
     )
-    return eqx.error_if(out, ~finite, message)
+    out = eqx.error_if(out, ~finite, message)
+    return eqx.error_if(
+        out,
+        out[3].linear_result != lx.RESULTS.successful,
+        "`hypergradient`: the adjoint linear solve failed (see `stats.linear_result` "
+        "with `throw=False`): it did not converge, diverged (a Neumann scale outside "
+        "the convergence region) or met a Hessian that is not positive definite.",
+    )
 
 
 def _hypergradient(problem, x, y0, inner_solver, adjoint, data, tol):
