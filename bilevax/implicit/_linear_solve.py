@@ -408,7 +408,8 @@ def wrap_solver(solver: lx.AbstractLinearSolver, **kwargs) -> _Reporting:
         solver = solver.solver
     if not isinstance(solver, lx.AbstractLinearSolver):
         raise TypeError(
-            "`linear_solver` must be a lineax solver (e.g. `bilevax.implicit.CG(rtol)`, "
-            f"`lineax.GMRES(...)`, `bilevax.implicit.Neumann(...)`), got {solver!r}."
+            "`linear_solver` must be a lineax solver (e.g. `bilevax.implicit.CG(rtol)`"
+            ", `lineax.GMRES(...)`, `bilevax.implicit.Neumann(...)`), got "
+            f"{solver!r}."
         )
     return _Reporting(solver, **kwargs)
