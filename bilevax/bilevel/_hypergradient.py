@@ -180,12 +180,12 @@ def hypergradient(
     - `throw`: raise a runtime error when the outer loss, the hypergradient or the
       inner solution is not finite (NaN in the data, a lower level that diverges).
       With `throw=False` they are returned as they are, for the caller to check;
-      the algorithms' `run` does, and stops with `RESULTS.diverged`. Whether the
-      inner and adjoint solves converged is in `stats` either way. A lower level
-      that `ConstrainedInner` reports failed (`stats.inner_failed`, e.g.
-      infeasible constraints at `x`) also raises; with `throw=False` its
-      hypergradient is zero (no adjoint solve is attempted) and the algorithms'
-      `run` stops with `RESULTS.inner_failed`.
+      the algorithms' `run` does, and stops with `RESULTS.diverged`. A failed
+      adjoint solve (`stats.linear_result`) raises too. Whether the inner solve
+      converged is in `stats` either way. A lower level that `ConstrainedInner`
+      reports failed (`stats.inner_failed`, e.g. infeasible constraints at `x`)
+      also raises; with `throw=False` its hypergradient is zero (no adjoint solve
+      is attempted) and the algorithms' `run` stops with `RESULTS.inner_failed`.
 
     **Returns:** `(value, grad, y, stats)`: the outer loss at `(x, y)`, the
     hypergradient (a pytree like `x`), the inner solution and `HypergradientStats`.
@@ -230,12 +230,19 @@ def _compiled_hypergradient(problem, x, y0, inner_solver, adjoint, data, tol, th
         "the values and `stats` instead."
     )
     out = eqx.error_if(out, ~finite, message)
-    return eqx.error_if(
+    out = eqx.error_if(
         out,
         out[3].inner_failed,
         "`hypergradient`: the lower-level solve failed (`stats.inner_failed`: "
         "infeasible constraints, no convergence or NaN); there is no solution to "
         "differentiate. Pass `throw=False` to get the status in `stats` instead.",
+    )
+    return eqx.error_if(
+        out,
+        out[3].linear_result != lx.RESULTS.successful,
+        "`hypergradient`: the adjoint linear solve failed (see `stats.linear_result` "
+        "with `throw=False`): it did not converge, diverged (a Neumann scale outside "
+        "the convergence region) or met a Hessian that is not positive definite.",
     )
 
 

@@ -7,9 +7,11 @@ $$\frac{\partial y^*}{\partial θ} = -\Big(\frac{\partial F}{\partial y}\Big)^{-
 \frac{\partial F}{\partial θ}.$$
 
 The derivative is defined here by a JVP rule (forward mode): one matrix-free linear
-solve with `A = ∂F/∂y` per tangent. JAX obtains reverse mode by transposing that
-rule, which lineax turns into a solve with `Aᵀ`; `jax.hessian` and other higher
-derivatives work because the primal inside the rule is itself implicit.
+solve with `A = ∂F/∂y` per tangent. That solve is a `jax.lax.custom_linear_solve`,
+so JAX obtains reverse mode by transposing it into a solve with `Aᵀ`, and batches
+it by broadcasting whatever of `A` and `b` is not batched (a parameter shared
+across a `vmap`); `jax.hessian` and other higher derivatives work because the
+primal inside the rule is itself implicit.
 """
 
 import functools as ft
@@ -150,6 +152,45 @@ def _jacobian_operator(fn, y, args, kwargs, tags) -> lx.AbstractLinearOperator:
     return lx.linearise(operator)
 
 
+_TRANSPOSED_TAGS = {
+    lx.lower_triangular_tag: lx.upper_triangular_tag,
+    lx.upper_triangular_tag: lx.lower_triangular_tag,
+}
+
+
+def _linear_solve(operator, vector, tags, linear_solver, throw: bool):
+    """`A⁻¹ b` for the JVP rule, as `jax.lax.custom_linear_solve`.
+
+    Its rules, not lineax's, transpose the solve (reverse mode: a solve with `Aᵀ`,
+    by the same `linear_solver`) and batch it: under `vmap` with `A` batched and
+    `b` not (or one leaf of `b` not), `b` is broadcast, which lineax's transposed
+    `linear_solve` does not do. The status is checked inside each solve, forward
+    or transposed, and raises when `throw`.
+    """
+    struct = operator.in_structure()
+
+    def solve_with(tags_):
+        def solve(matvec, b):
+            op = lx.FunctionLinearOperator(matvec, struct, tags_)
+            state = linear_solver.init(op, {})
+            x, result, _ = linear_solver.compute(state, b, {})
+            if throw:
+                x = result.error_if(x, result != lx.RESULTS.successful)
+            return x
+
+        return solve
+
+    symmetric = lx.symmetric_tag in tags
+    transposed = frozenset(_TRANSPOSED_TAGS.get(tag, tag) for tag in tags)
+    return jax.lax.custom_linear_solve(
+        operator.mv,
+        vector,
+        solve_with(tags),
+        None if symmetric else solve_with(transposed),
+        symmetric=symmetric,
+    )
+
+
 def _scalars_to_arrays(tree):
     """Python floats become (weakly typed) arrays, so that they are dynamic inputs.
 
@@ -220,8 +261,8 @@ def _implicit_jvp(primals, tangents, *, tags, linear_solver, has_aux, throw):
 
     _, rhs = jax.jvp(condition_at_y, (diff,), (t_differentiable,))
     operator = _jacobian_operator(condition, y, args, kwargs, tags)
-    solution = lx.linear_solve(operator, _cast_like(rhs, y), linear_solver)
-    t_y = jtu.tree_map(jnp.negative, solution.value)
+    solution = _linear_solve(operator, _cast_like(rhs, y), tags, linear_solver, throw)
+    t_y = jtu.tree_map(jnp.negative, solution)
     return (y, aux), (t_y, t_aux)
 
 
@@ -340,7 +381,6 @@ def custom_root(
                 linear_solver,
                 y_struct,
                 residual=False,
-                mask_failures=not throw,
             )
             inputs = (solver_cc, condition_cc, init, args, kwargs)
             y, aux = _implicit(

@@ -13,7 +13,7 @@ import jax.tree_util as jtu
 import lineax as lx
 from jaxtyping import Array, PyTree
 
-from ._tree import tree_all_finite, tree_dot, tree_norm
+from ._tree import same_shapes, tree_all_finite, tree_dot, tree_norm
 
 
 def _dominant_eigenvalue(operator: lx.AbstractLinearOperator, steps: int) -> Array:
@@ -45,6 +45,13 @@ def _dominant_eigenvalue(operator: lx.AbstractLinearOperator, steps: int) -> Arr
     return jnp.where(tree_dot(v, av) < 0, -1.0, 1.0) * tree_norm(av)
 
 
+def _relative_residual(operator, solution, vector) -> Array:
+    """`‖A v - b‖₂ / ‖b‖₂` (`‖A v‖₂` when `b = 0`); NaN stays NaN."""
+    r = jtu.tree_map(jnp.subtract, operator.mv(solution), vector)
+    b = tree_norm(vector)
+    return tree_norm(r) / jnp.where(b > 0, b, 1)
+
+
 class Neumann(lx.AbstractLinearSolver):
     r"""Truncated Neumann series for `A v = b` (Lorraine, Vicol, Duvenaud, 2020).
 
@@ -70,10 +77,14 @@ class Neumann(lx.AbstractLinearSolver):
       eigenvalue of largest magnitude, so that negative definite operators (such
       as the Jacobian `∂T - I` of a contractive fixed-point map) converge too.
     - `power_iterations`: power iterations used when `scale` is `None`.
+    - `rtol`: the largest relative residual `‖A v - b‖₂/‖b‖₂` accepted (default 1:
+      the series must at least improve on `v = 0`).
 
     The series is truncated, not iterated to a tolerance: the number of steps is
-    what the user asked for, and the relative residual `‖A v - b‖/‖b‖` is reported
-    in the stats of `bilevax.implicit.root_vjp`/`root_jvp`.
+    what the user asked for. Its residual `A v - b = -(I - αA)^{steps+1} b` is then
+    checked (one more product): above 1 the series diverges (`α` outside the
+    convergence region) and the status is `breakdown`; above `rtol` it is
+    `max_steps_reached`. The relative residual is in the stats (`"residual"`).
 
     Example:
 
@@ -93,10 +104,13 @@ class Neumann(lx.AbstractLinearSolver):
     steps: int = 50
     scale: float | None = None
     power_iterations: int = 20
+    rtol: float = 1.0
 
     def __check_init__(self):
         if self.steps < 0:
             raise ValueError(f"`Neumann(steps=...)` must be >= 0, got {self.steps}.")
+        if not self.rtol > 0:
+            raise ValueError(f"`Neumann(rtol=...)` must be > 0, got {self.rtol}.")
         if self.scale is not None and self.scale == 0:
             raise ValueError("`Neumann(scale=...)` must be non-zero.")
 
@@ -126,8 +140,13 @@ class Neumann(lx.AbstractLinearSolver):
 
         _, total = jax.lax.fori_loop(0, self.steps, body, (vector, vector))
         solution = jtu.tree_map(lambda t: (alpha * t).astype(t.dtype), total)
+        residual = _relative_residual(operator, solution, vector)
+        result = lx.RESULTS.where(
+            residual <= self.rtol, lx.RESULTS.successful, lx.RESULTS.max_steps_reached
+        )
+        result = lx.RESULTS.where(residual <= 1, result, lx.RESULTS.breakdown)
         stats = {"num_steps": jnp.array(self.steps), "scale": alpha}
-        return solution, lx.RESULTS.successful, stats
+        return solution, result, stats | {"residual": residual}
 
     def transpose(self, state, options: dict[str, Any]):
         return state.transpose(), options
@@ -140,22 +159,31 @@ class Neumann(lx.AbstractLinearSolver):
 
 
 class CG(lx.AbstractLinearSolver):
-    r"""Conjugate gradients for symmetric positive definite operators (matrix-free).
+    r"""(Preconditioned) conjugate gradients for symmetric positive definite
+    operators, matrix-free (Hestenes and Stiefel, 1952).
 
     Stops when `‖r‖₂ <= max(rtol ‖b‖₂, atol)` (the rule of `scipy`/`jax.scipy`
     CG), after at most `max_steps` steps. Breakdown is declared only when a search
-    direction has `pᵀAp <= 0`, i.e. when the operator is not positive definite.
+    direction has `pᵀAp <= 0` or the preconditioned residual has `rᵀMr <= 0`, i.e.
+    when the operator or the preconditioner is not positive definite.
 
-    Why not `lineax.CG`: lineax 0.1 flags breakdown when `|pᵀAp| <= 100·ε·n·‖r‖²`
-    (`ε` machine precision, `n` the size), which in float32 with `n = 1e5` rejects
-    every operator whose Rayleigh quotients are below about 1, e.g. the Hessian of
-    a weight-decayed cross-entropy, and returns NaN. Any lineax solver can still be
-    passed to `custom_root`.
+    This is the default solver of symmetric adjoint systems in bilevax (and the only
+    CG it documents). Why not `lineax.CG`: lineax 0.1 flags breakdown when
+    `|pᵀAp| <= 100·ε·n·‖r‖²` (`ε` machine precision, `n` the size), which in
+    float32 with `n = 1e5` rejects every operator whose Rayleigh quotients are
+    below about 1, e.g. the Hessian of a weight-decayed cross-entropy, and returns
+    NaN. Any lineax solver can still be passed to `custom_root`.
 
     **Arguments:**
 
     - `rtol`, `atol`: relative and absolute tolerance on the residual's 2-norm.
     - `max_steps`: iteration cap; `None` means `10 n` (as SciPy).
+    - `preconditioner`: optional symmetric positive definite lineax operator `M ≈
+      A⁻¹` (same input structure as `A`), applied to the residual.
+
+    As in lineax, `options` of `lineax.linear_solve` may give `"y0"` (an initial
+    guess, e.g. the previous solution of a slowly changing system: a warm start)
+    and `"preconditioner"` (which overrides the field).
 
     Status: `successful`, `max_steps_reached`, or `breakdown` (not positive
     definite); the number of steps is in the stats.
@@ -170,6 +198,10 @@ class CG(lx.AbstractLinearSolver):
     >>> solution = lx.linear_solve(operator, jnp.array([1.0, 2.0]), CG(rtol=1e-6))
     >>> print(solution.value.round(4), solution.stats["num_steps"])
     [0.0909 0.6364] 2
+    >>> jacobi = lx.DiagonalLinearOperator(1 / jnp.diag(A))
+    >>> warm = {"y0": jnp.array([0.09, 0.64]), "preconditioner": jacobi}
+    >>> lx.linear_solve(operator, jnp.array([1.0, 2.0]), CG(1e-6), options=warm).value
+    Array([0.09090909, 0.6363636 ], dtype=float32)
 
     ```
     """
@@ -177,6 +209,7 @@ class CG(lx.AbstractLinearSolver):
     rtol: float
     atol: float = 0.0
     max_steps: int | None = None
+    preconditioner: lx.AbstractLinearOperator | None = None
 
     def __check_init__(self):
         tols = [t for t in (self.rtol, self.atol) if isinstance(t, int | float)]
@@ -194,48 +227,83 @@ class CG(lx.AbstractLinearSolver):
             )
         return operator
 
+    def _start(self, operator, vector, options):
+        """Initial iterate and residual, and the preconditioner as a function."""
+        y0 = options.get("y0")
+        if y0 is None:
+            x, r = jtu.tree_map(jnp.zeros_like, vector), vector
+        else:
+            x = _check_like_vector(y0, vector, "y0")
+            r = jtu.tree_map(jnp.subtract, vector, operator.mv(x))
+        preconditioner = options.get("preconditioner", self.preconditioner)
+        if preconditioner is None:
+            return x, r, lambda v: v
+        if preconditioner.in_structure() != operator.in_structure():
+            raise ValueError(
+                "`CG`: the preconditioner's structure "
+                f"{preconditioner.in_structure()} differs from the operator's "
+                f"{operator.in_structure()}."
+            )
+        return x, r, preconditioner.mv
+
     def compute(self, state, vector: PyTree[Array], options: dict[str, Any]):
         operator = state
         size = sum(leaf.size for leaf in jtu.tree_leaves(vector))
         max_steps = 10 * size if self.max_steps is None else self.max_steps
-        gamma0 = tree_dot(vector, vector)
-        tol = jnp.maximum(self.rtol * jnp.sqrt(gamma0), self.atol)
+        tol = jnp.maximum(self.rtol * tree_norm(vector), self.atol)
+        x, r, precondition = self._start(operator, vector, options)
 
         def cond(carry):
-            _, _, _, gamma, step, broken = carry
-            return (step < max_steps) & (jnp.sqrt(gamma) > tol) & ~broken
+            _, r, _, _, step, broken = carry
+            return (step < max_steps) & (tree_norm(r) > tol) & ~broken
 
         def body(carry):
             x, r, p, gamma, step, _ = carry
             ap = operator.mv(p)
             pap = tree_dot(p, ap)
-            broken = ~(pap > 0)
+            broken = ~(pap > 0) | ~(gamma > 0)
             alpha = jnp.where(broken, 0.0, gamma / jnp.where(broken, 1.0, pap))
             x = jtu.tree_map(lambda a, b: a + alpha * b, x, p)
             r = jtu.tree_map(lambda a, b: a - alpha * b, r, ap)
-            gamma_new = tree_dot(r, r)
+            z = precondition(r)
+            gamma_new = tree_dot(r, z)
             beta = gamma_new / jnp.where(gamma > 0, gamma, 1.0)
-            p = jtu.tree_map(lambda a, b: a + beta * b, r, p)
+            p = jtu.tree_map(lambda a, b: a + beta * b, z, p)
             return x, r, p, gamma_new, step + 1, broken
 
-        zeros = jtu.tree_map(jnp.zeros_like, vector)
-        init = (zeros, vector, vector, gamma0, jnp.array(0), jnp.array(False))
-        x, _, _, gamma, steps, broken = jax.lax.while_loop(cond, body, init)
-        converged = jnp.sqrt(gamma) <= tol
+        z = precondition(r)
+        init = (x, r, z, tree_dot(r, z), jnp.array(0), jnp.array(False))
+        x, r, _, _, steps, broken = jax.lax.while_loop(cond, body, init)
+        converged = tree_norm(r) <= tol
         result = lx.RESULTS.where(
             converged, lx.RESULTS.successful, lx.RESULTS.max_steps_reached
         )
-        result = lx.RESULTS.where(broken, lx.RESULTS.breakdown, result)
+        result = lx.RESULTS.where(broken & ~converged, lx.RESULTS.breakdown, result)
         return x, result, {"num_steps": steps}
 
     def transpose(self, state, options: dict[str, Any]):
-        return state.transpose(), options
+        transposed = {}  # a guess for A is none for Aᵀ
+        if options.get("preconditioner") is not None:
+            transposed["preconditioner"] = options["preconditioner"].transpose()
+        return state.transpose(), transposed
 
     def conj(self, state, options: dict[str, Any]):
         return lx.conj(state), options
 
     def assume_full_rank(self) -> bool:
         return True
+
+
+def _check_like_vector(tree, vector, name: str):
+    """`tree` cast to the dtypes of `vector`, whose structure and shapes it must
+    have."""
+    if not same_shapes(tree, vector):
+        raise ValueError(
+            f"`{name}` must have the structure and shapes of the right-hand side; "
+            f"got {jax.eval_shape(lambda: tree)}, expected "
+            f"{jax.eval_shape(lambda: vector)}."
+        )
+    return jtu.tree_map(lambda a, b: jnp.asarray(a, b.dtype), tree, vector)
 
 
 class _Reporting(lx.AbstractLinearSolver):
@@ -246,14 +314,10 @@ class _Reporting(lx.AbstractLinearSolver):
     number of steps in the stats. Because lineax transposes a linear solve into
     another solve with the transposed state, the checks also run on the
     reverse-mode (adjoint) solve.
-
-    With `mask_failures=True` every status is reported as successful (the user asked
-    for `throw=False` in a place where lineax offers no way to return a status).
     """
 
     solver: lx.AbstractLinearSolver
     residual: bool = True
-    mask_failures: bool = False
 
     def init(self, operator, options):
         return operator, self.solver.init(operator, options)
@@ -266,17 +330,16 @@ class _Reporting(lx.AbstractLinearSolver):
         result = lx.RESULTS.where(finite_out, result, lx.RESULTS.singular)
         result = lx.RESULTS.where(finite_in, result, lx.RESULTS.nonfinite_input)
         out_stats = {"num_steps": jnp.asarray(stats.get("num_steps", 0))}
-        if self.residual:
-            r = jtu.tree_map(jnp.subtract, operator.mv(solution), vector)
-            b = tree_norm(vector)
-            out_stats["residual"] = tree_norm(r) / jnp.where(b > 0, b, 1)
+        if self.residual or "residual" in stats:
+            residual = stats.get("residual")
+            if residual is None:
+                residual = _relative_residual(operator, solution, vector)
+            out_stats["residual"] = residual
             # a NaN in the operator can stop an iterative solver at once with a
             # finite (wrong) solution: its residual tells
             result = lx.RESULTS.where(
-                jnp.isfinite(out_stats["residual"]), result, lx.RESULTS.nonfinite_input
+                jnp.isfinite(residual), result, lx.RESULTS.nonfinite_input
             )
-        if self.mask_failures:
-            result = lx.RESULTS.successful
         return solution, result, out_stats
 
     def transpose(self, state, options):
@@ -311,13 +374,14 @@ def default_tolerance(dtype) -> float:
 
 
 def default_linear_solver(tags: frozenset, dtype, size: int) -> lx.AbstractLinearSolver:
-    """Matrix-free CG when the operator is tagged symmetric positive semidefinite
-    (the Jacobian of a gradient at a minimum, i.e. a Hessian), GMRES otherwise.
+    """Matrix-free `bilevax.implicit.CG` when the operator is tagged symmetric
+    positive semidefinite (the Jacobian of a gradient at a minimum, i.e. a Hessian),
+    `lineax.GMRES` otherwise.
 
-    Tolerances `rtol = atol = default_tolerance(dtype)`, in lineax's elementwise
-    sense (`|r_i| <= atol + rtol |b_i|` for the residual, likewise for the last
-    step); at most `max(10 * size, 100)` steps, capped at 10,000 (non-convergence is
-    reported, not hidden).
+    Tolerance `default_tolerance(dtype)`: for CG relative, `‖r‖₂ <= rtol ‖b‖₂`; for
+    GMRES `rtol = atol` in lineax's elementwise sense (`|r_i| <= atol + rtol
+    |b_i|`). At most `max(10 * size, 100)` steps, capped at 10,000 (non-convergence
+    is reported, not hidden).
 
     Example:
 
@@ -326,7 +390,7 @@ def default_linear_solver(tags: frozenset, dtype, size: int) -> lx.AbstractLinea
     >>> from bilevax.implicit import default_linear_solver
     >>> spd = frozenset({lx.symmetric_tag, lx.positive_semidefinite_tag})
     >>> default_linear_solver(spd, jnp.float32, 2)
-    CG(rtol=1e-05, atol=1e-05, max_steps=100)
+    CG(rtol=1e-05, atol=0.0, max_steps=100, preconditioner=None)
     >>> default_linear_solver(frozenset(), jnp.float32, 2)
     GMRES(rtol=1e-05, atol=1e-05, max_steps=100)
 
@@ -335,7 +399,7 @@ def default_linear_solver(tags: frozenset, dtype, size: int) -> lx.AbstractLinea
     tol = default_tolerance(dtype)
     max_steps = min(max(10 * size, 100), 10_000)
     if lx.symmetric_tag in tags and lx.positive_semidefinite_tag in tags:
-        return lx.CG(rtol=tol, atol=tol, max_steps=max_steps)
+        return CG(rtol=tol, max_steps=max_steps)
     return lx.GMRES(rtol=tol, atol=tol, max_steps=max_steps)
 
 
@@ -344,7 +408,8 @@ def wrap_solver(solver: lx.AbstractLinearSolver, **kwargs) -> _Reporting:
         solver = solver.solver
     if not isinstance(solver, lx.AbstractLinearSolver):
         raise TypeError(
-            "`linear_solver` must be a lineax solver (e.g. `lineax.CG(rtol, atol)`, "
-            f"`lineax.GMRES(...)`, `bilevax.implicit.Neumann(...)`), got {solver!r}."
+            "`linear_solver` must be a lineax solver (e.g. `bilevax.implicit.CG(rtol)`"
+            ", `lineax.GMRES(...)`, `bilevax.implicit.Neumann(...)`), got "
+            f"{solver!r}."
         )
     return _Reporting(solver, **kwargs)

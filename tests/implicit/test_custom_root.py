@@ -244,12 +244,6 @@ def test_init_does_not_receive_gradient_and_solver_internals_are_not_traced():
     assert jnp.all(g_init == 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: lineax's transposed linear_solve under vmap fails when the "
-    "cotangent's leaves are batched differently; take per-example gradients under "
-    "vmap instead (as examples/meta_learning.py does)",
-)
 def test_grad_of_vmap_with_a_shared_pytree_parameter():
     def objective(y, theta, a):
         return (
@@ -264,5 +258,11 @@ def test_grad_of_vmap_with_a_shared_pytree_parameter():
 
     loss = lambda theta, a: jnp.sum(solve(theta, theta, a)["u"] ** 2)
     theta = {"u": jnp.arange(3.0), "v": jnp.ones(2)}
-    A = jnp.ones((4, 3))
-    jax.grad(lambda t: jax.vmap(loss, in_axes=(None, 0))(t, A).sum())(theta)
+    A = jnp.linspace(0.5, 2.0, 12).reshape(4, 3)
+    got = jax.grad(lambda t: jax.vmap(loss, in_axes=(None, 0))(t, A).sum())(theta)
+    per_example = jax.vmap(jax.grad(loss), in_axes=(None, 0))(theta, A)
+    # u* = (a + θu)/(a² + 1) does not depend on θv
+    want = {"u": jnp.sum(2 * (A + theta["u"]) / (A**2 + 1) ** 2, 0), "v": jnp.zeros(2)}
+    for k in theta:
+        assert jnp.allclose(got[k], want[k], rtol=1e-8, atol=1e-12)
+        assert jnp.allclose(per_example[k].sum(0), want[k], rtol=1e-8, atol=1e-12)

@@ -4,6 +4,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 SCRIPT = textwrap.dedent(
     """
     import jax, jax.numpy as jnp, lineax as lx
@@ -44,3 +46,72 @@ def test_float32_hypergradients():
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "float32 ok" in out.stdout
+
+
+# Issue 18, item 4: the README pattern (`custom_root(conditions.stationarity(g))`
+# around a fit, default linear solver) on L2-regularised multinomial logistic
+# regression. lineax's CG declared breakdown here in float32 from about 1e3 weights
+# (its threshold grows with the size); the default is now bilevax's CG.
+LOGISTIC = textwrap.dedent(
+    """
+    import sys
+    import jax, jax.numpy as jnp
+    assert not jax.config.jax_enable_x64
+    jax.config.update("jax_default_matmul_precision", "highest")
+    from bilevax.implicit import CG, conditions, custom_root, default_linear_solver
+
+    d, k, m = int(sys.argv[1]), int(sys.argv[2]), 100
+    X = jax.random.normal(jax.random.key(0), (m, d)) / jnp.sqrt(d)
+    labels = jax.random.randint(jax.random.key(1), (m,), 0, k)
+    T = jax.random.normal(jax.random.key(2), (d, k))
+
+    def inner(W, lam):
+        logits = X @ W
+        picked = jnp.take_along_axis(logits, labels[:, None], 1)[:, 0]
+        ce = jnp.mean(jax.nn.logsumexp(logits, 1) - picked)
+        return ce + 0.5 * lam * jnp.sum(W**2)
+
+    @custom_root(conditions.stationarity(inner))
+    def fit(init, lam):  # gradient descent, far enough for the test
+        step = lambda _, W: W - 0.5 * jax.grad(inner)(W, lam)
+        return jax.lax.fori_loop(0, 200, step, init)
+
+    condition = conditions.stationarity(inner)
+    solver = default_linear_solver(condition.tags, jnp.float32, d * k)
+    assert type(solver) is CG, solver
+    lam = jnp.array(1e-2)
+    outer = lambda lam: jnp.sum(fit(jnp.zeros((d, k)), lam) * T)
+    got = jax.jit(jax.grad(outer))(lam)
+    assert got.dtype == jnp.float32 and jnp.isfinite(got), got
+    W = fit(jnp.zeros((d, k)), lam)
+    if d * k <= 2000:  # dense reference: dW/dλ = -H⁻¹ W
+        H = jax.hessian(inner)(W, lam).reshape(d * k, d * k)
+        want = -T.ravel() @ jnp.linalg.solve(H, W.ravel())
+    else:  # a tighter, longer CG
+        tight = custom_root(condition, CG(rtol=1e-6, max_steps=20_000))(fit.__wrapped__)
+        want = jax.grad(lambda lam: jnp.sum(tight(jnp.zeros((d, k)), lam) * T))(lam)
+    err = abs(float(got - want)) / abs(float(want))
+    assert err < 1e-3, (float(got), float(want), err)
+    print("logistic ok", err)
+    """
+)
+
+
+def _run_logistic(d, k):
+    out = subprocess.run(
+        [sys.executable, "-c", LOGISTIC, str(d), str(k)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "logistic ok" in out.stdout
+
+
+def test_float32_default_adjoint_of_a_logistic_regression():
+    _run_logistic(100, 10)  # 1e3 weights
+
+
+@pytest.mark.slow
+def test_float32_default_adjoint_of_a_logistic_regression_at_1e5_weights():
+    _run_logistic(10_000, 10)
