@@ -44,7 +44,7 @@ from ..solvers import (
     project_polyhedron,
 )
 from ._constants import top_eigenvalue
-from ._problem import BilevelData, BilevelProblem, sample_batch
+from ._problem import BilevelData, BilevelProblem, as_data, sample_batch
 from ._run import AbstractBilevelAlgorithm, StepInfo
 from .sets import AbstractSet, Everything
 
@@ -246,12 +246,11 @@ class LVHBA(AbstractBilevelAlgorithm):
     couple `x` and `y`; without them the method still applies (`λ` is then
     empty).
 
-    **Arguments** (defaults: the authors' toy-problem settings):
+    **Arguments** (defaults derived from the problem, see below):
 
-    - `alpha` (0.008): step of `(x, y)`; `beta` (0.02): step of `z`; `eta` (0.01):
-      step of `(θ, λ)`.
-    - `gamma1`, `gamma2` (10): proximal parameters of `v_γ`.
-    - `penalty` (0.025), `power` (0.3): `c_k = penalty (k+1)^power`.
+    - `alpha`: step of `(x, y)`; `beta`: step of `z`; `eta`: step of `(θ, λ)`.
+    - `gamma1`, `gamma2`: proximal parameters of `v_γ`.
+    - `penalty`, `power` (0.3): `c_k = penalty (k+1)^power`.
     - `multiplier_radius` (1e3): bound `r` of the multiplier set `Z`.
     - `multiplier0` (0): starting `λ` and `z` (projected onto `Z`).
     - `outer_set`, `inner_set`: `X` and `Y` (`sets.Box`, `sets.Ball`,
@@ -266,6 +265,23 @@ class LVHBA(AbstractBilevelAlgorithm):
     - `batch_size`: minibatch size for the stochastic form (`None`: full data).
 
     The state starts from `(x0, y0)` projected onto `C`, `θ0 = y0`.
+
+    **Defaults from the problem** (the authors' toy settings, `α = 0.008`,
+    `β = 0.02`, `η = 0.01`, `γ = 10`, `c̲ = 0.025`, fit problems of unit scale
+    only). At the projected start, on the whole data, power iteration gives
+    `ℓ_f`, `ℓ_g` (largest eigenvalues of the Hessians of `f` and `g` in `(x, y)`
+    jointly) and `ℓ_c = ‖∂c/∂(x, y)‖` (1 without constraints); with
+    `ρ = 0.5` (0.1 with minibatches, whose noise neighbourhood scales with the
+    steps):
+
+    - `gamma1 = 10 / ℓ_g` (the proximal term a tenth of `g`'s curvature),
+      `gamma2 = gamma1`;
+    - `penalty = ℓ_f / ℓ_g` (`f / c_k` and `g` on the same scale at the start);
+    - `alpha = ρ / (ℓ_f / penalty + ℓ_g + 1/γ1)` (the smoothness of the `(x, y)`
+      objective `f/c_0 + g - v_γ`), `eta = ρ / (ℓ_g + 1/γ1 + ℓ_c)` (that of the
+      `(θ, λ)` saddle), `beta = 2 eta` (the authors' ratio).
+
+    Each given value overrides its default.
 
     Example:
 
@@ -358,7 +374,7 @@ class LVHBA(AbstractBilevelAlgorithm):
         project = self._multiplier_projection(problem, x, y)
         p = jax.eval_shape(lambda: self._constraint(problem, x, y)).shape[0]
         lam = project(jnp.full((p,), self.multiplier0, dtype))
-        params = self._params(problem, x, y, data, dtype)
+        params = self._params(problem, x, y, as_data(data), dtype)
         return _LVHBAState(x, y, y, lam, lam, dual, jnp.array(0), params)
 
     def _params(self, problem, x, y, data, dtype) -> _Params:

@@ -332,7 +332,7 @@ class F2SA(_AbstractPenaltyAlgorithm):
     random numbers: the noise of `y - z`, which `λ` multiplies, largely cancels).
     Schedules (`k` from 0):
 
-    - `λ_k = lambda0 + lambda_growth · k^p`,
+    - `λ_k = Λ + lambda_growth · k^p` (`Λ = lambda0`),
     - `γ_k = lr_inner (k+1)^(-c) / ℓ_g`,
       `α_k = lr_inner (k+1)^(-c) / (ℓ_f + λ_k ℓ_g)`
       (so `α_k λ_k ≈ γ_k`, and `α_k (ℓ_f + λ_k ℓ_g) < 1`: the `y` update cannot
@@ -344,13 +344,32 @@ class F2SA(_AbstractPenaltyAlgorithm):
     (stochastic levels) `a, c = 5/7, 4/7`, `"outer"` `3/5, 2/5`, `"none"` `1/3, 0`,
     and `p = a - c`; each can be overridden.
 
+    **Defaults from the problem.** `init` solves the lower level at `x0` (L-BFGS) and
+    starts `y = z = z*(x0)` (then `y_λ - z = O(1/λ)`), and estimates at `(x0, z*)`,
+    on the whole data (`bilevel/_constants.py`): `ℓ_f`, `ℓ_g` (power iteration),
+    `μ_g` (power iteration on `∇²_yy g⁺` by CG) and `L_h`, the largest eigenvalue
+    of the Gauss-Newton Hessian `[I; J]ᵀ ∇²f [I; J]` of `h(x) = f(x, y*(x))`,
+    `J = -∇²_yy g⁺ ∇²_yx g`. Then:
+
+    - `lambda0 = None`: `Λ = eps^{-1/4} ℓ_f / μ_g` (the bias `O(ℓ_f / (λ μ_g))` of
+      `y_λ` is `eps^{1/4}` relative, 1e-4 in float64, 2e-2 in float32; `ℓ_f/μ_g`
+      capped at `eps^{-1/4}`); `lambda_growth = None`: `Λ`, so `λ_k = Λ (1 + k^p)`.
+    - `lr_outer = None`: `β_k = s (k+1)^(-a) / L_h`, with `L_h` re-estimated at
+      `(x, z)` whenever `x` has moved more than half of `‖x‖ + ‖x_ref‖` from the
+      last estimate `x_ref`, and a safeguard `s` (1 at the start) halved whenever
+      the direction's norm exceeds ten times the smallest seen since the last
+      halving (a step too long for the curvature makes it grow).
+    - `inner_steps = None`: `κ_g / lr_inner` gradient steps (one contraction of
+      the tracking error by `1/e`, `κ_g = ℓ_g / μ_g`), clipped to `[10, 1000]`.
+    - `noise = None`: `"none"` without minibatches, `"both"` with them.
+
     **Arguments:**
 
-    - `lr_outer` (default 0.1), `lr_inner` (fraction of `1/ℓ`, default 0.5),
-      `inner_steps` (default 10).
-    - `lambda0` (default 1), `lambda_growth` (default 1).
-    - `noise`, and optional overrides `outer_decay` (`a`), `inner_decay` (`c`),
-      `lambda_power` (`p`).
+    - `lr_outer` (default: `1/L_h`, safeguarded), `lr_inner` (fraction of `1/ℓ`,
+      default 0.5), `inner_steps` (default: from `κ_g`).
+    - `lambda0` (default: `Λ` above), `lambda_growth` (default: `lambda0`).
+    - `noise` (default: from `batch_size`), and optional overrides `outer_decay`
+      (`a`), `inner_decay` (`c`), `lambda_power` (`p`).
     - `batch_size`: minibatch size of every gradient (`None`: whole data).
     - `optimizer`: optional optax transformation for the `x` update, fed the
       direction above (replaces the `β_k` step; e.g. `optax.adam(0.1)` when the
@@ -372,10 +391,9 @@ class F2SA(_AbstractPenaltyAlgorithm):
     ...     inner=lambda x, y, b: 0.5 * jnp.sum((y - x) ** 2),
     ... )
     >>> x0, y0 = jnp.zeros(2), jnp.zeros(2)
-    >>> f2sa = bx.bilevel.F2SA(lambda0=10.0, lambda_growth=10.0)
-    >>> result = f2sa.run(problem, x0, y0, num_steps=500)
+    >>> result = bx.bilevel.F2SA().run(problem, x0, y0, num_steps=200)
     >>> print(result.x.round(2))  # the solution is x = 0.5
-    [0.48 0.48]
+    [0.5 0.5]
 
     ```
     """
@@ -433,11 +451,22 @@ class PenaltyMethod(_AbstractPenaltyAlgorithm):
     `x ← Proj(x - lr_outer [∇_x f(x, y) + γ (∇_x g(x, y) - ∇_x g(x, z))])`.
     `y_steps=1` is V-PBGD's single joint step on `y`.
 
+    **Defaults from the problem** (as in `F2SA`: `z` and `y` start at the
+    lower-level solution at `x0`, constants estimated there):
+
+    - `gamma_max = None`: `eps^{-1/4} ℓ_f / μ_g` (the relative bias of `y_σ` is
+      `eps^{1/4}`); `gamma0 = None`: `gamma_max` (no ramp: with `y = z = z*(x0)`
+      the direction is bounded from the first step).
+    - `lr_outer = None`: `s / L_h`, `L_h` the Gauss-Newton smoothness of
+      `h(x) = f(x, y*(x))`, re-estimated when `x` moves far, `s` the halving
+      safeguard (see `F2SA`).
+    - `y_steps`, `z_steps = None`: `κ_g / lr_inner`, clipped to `[10, 1000]`.
+
     **Arguments:**
 
-    - `gamma_max` (default 100), `gamma0` (default 1), `ramp_steps` (default 100).
-    - `lr_outer` (default 0.1), `lr_inner` (fraction of `1/ℓ`, default 0.5).
-    - `y_steps`, `z_steps` (default 10 each).
+    - `gamma_max`, `gamma0` (defaults above), `ramp_steps` (default 100).
+    - `lr_outer` (default `s / L_h`), `lr_inner` (fraction of `1/ℓ`, default 0.5).
+    - `y_steps`, `z_steps` (default from `κ_g`).
     - `batch_size`: minibatch size (`None`: whole data).
     - `project`: optional projection of `x` onto a convex set.
     - `optimizer`: optional optax transformation for the `x` update (replaces the
@@ -447,7 +476,8 @@ class PenaltyMethod(_AbstractPenaltyAlgorithm):
 
     Stochastic form: the `x` direction multiplies the noise of `y` and `z` by `γ`,
     so with constant steps the neighbourhood reached grows with `gamma_max`; use
-    larger batches or a smaller `lr_inner` when raising it.
+    larger batches, a smaller `lr_inner` or a smaller `gamma_max` than the
+    derived one (made for accuracy on the whole data).
 
     `result.y` is `z`, the estimate of `y*(x)`; `y_σ` is in `result.state.y`.
 
@@ -461,8 +491,7 @@ class PenaltyMethod(_AbstractPenaltyAlgorithm):
     ...     inner=lambda x, y, b: 0.5 * jnp.sum((y - x) ** 2),
     ... )
     >>> x0, y0 = jnp.zeros(2), jnp.zeros(2)
-    >>> penalty = bx.bilevel.PenaltyMethod(gamma_max=100.0)
-    >>> result = penalty.run(problem, x0, y0, num_steps=500)
+    >>> result = bx.bilevel.PenaltyMethod().run(problem, x0, y0, num_steps=200)
     >>> print(result.x.round(2))  # the solution is x = 0.5, up to O(1/gamma_max)
     [0.5 0.5]
 
