@@ -19,11 +19,21 @@ For `min f(y)` s.t. `c(y) = 0`, `h(y) <= 0`, `l <= y <= u`, outer iteration `k`
    are all `<= tol`, and declares the problem infeasible when `ρ` exceeds `rho_max`
    while the constraints are still violated.
 
+As ALGENCAN does, the method runs on the scaled problem `s_f f`, `s_c,i c_i`,
+`s_h,i h_i` with `s_f = 1/max(1, ‖∇f(y0)‖∞)` and `s_i = 1/max(1, ‖∇c_i(y0)‖∞)`,
+so that `tol` is relative to the problem's magnitudes (the multipliers are
+returned unscaled); an inner solve also ends when its steps no longer move `y`
+beyond the round-off of the dtype, so that float32 solves stop at the accuracy
+float32 allows instead of running out of steps.
+
 The inner solver is a projected Newton method (Bertsekas 1982) on the box: exact
 Hessian of `L_ρ` by autodiff on the free variables, eigenvalues replaced by their
 absolute values (floored) where it is indefinite, Armijo search along the
 projection arc. Without bounds, any optimistix minimiser can be used instead.
 """
+
+from collections.abc import Callable
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -32,6 +42,7 @@ import jax.numpy as jnp
 import optimistix as optx
 from jaxtyping import Array, PRNGKeyArray
 
+from ._linesearch import backtrack
 from ._problem import RESULTS, ConstrainedProblem, ConstrainedSolution, flat_bounds
 
 
@@ -49,62 +60,65 @@ class _NewtonState(eqx.Module):
     value: Array
     grad: Array
     step: Array
+    done: Array  # a failed line search or a step below round-off
+
+
+def _newton_direction(hessian, y, g, lower, upper):
+    """The projected Newton direction: the exact Hessian on the free variables
+    (eigenvalues by absolute value, floored), the gradient on the active ones."""
+    n = y.shape[0]
+    eps = jnp.minimum(1e-3, _projected_gradient(y, g, lower, upper))
+    active = ((y <= lower + eps) & (g > 0)) | ((y >= upper - eps) & (g < 0))
+    free = ~active
+    H = hessian(y)
+    H = jnp.where(free[:, None] & free[None, :], H, jnp.eye(n, dtype=y.dtype))
+    evals, evecs = jnp.linalg.eigh(H)
+    floor = 1e-8 * jnp.maximum(1.0, jnp.max(jnp.abs(evals)))
+    evals = jnp.maximum(jnp.abs(evals), floor)
+    return -(evecs @ ((evecs.T @ g) / evals))
 
 
 def _projected_newton(fn, y0, lower, upper, tol, max_steps):
     """Minimise `fn` over `lower <= y <= upper` from `y0` (inside the box) until the
-    projected gradient is `<= tol`; returns `(y, steps)` (a failed line search
-    ends the solve and counts as `max_steps`)."""
-    n = y0.shape[0]
+    projected gradient is `<= tol`, the line search fails or the steps stop moving
+    `y` (round-off); returns `(y, steps)`."""
     value_and_grad = jax.value_and_grad(fn)
     hessian = jax.hessian(fn)
+    eps = jnp.finfo(y0.dtype).eps
 
     def cond(s: _NewtonState):
         pg = _projected_gradient(s.y, s.grad, lower, upper)
-        return (s.step < max_steps) & (pg > tol) & jnp.isfinite(s.value)
+        return (s.step < max_steps) & (pg > tol) & jnp.isfinite(s.value) & ~s.done
 
     def body(s: _NewtonState):
         y, g = s.y, s.grad
-        eps = jnp.minimum(1e-3, _projected_gradient(y, g, lower, upper))
-        active = ((y <= lower + eps) & (g > 0)) | ((y >= upper - eps) & (g < 0))
-        free = ~active
-        H = hessian(y)
-        H = jnp.where(free[:, None] & free[None, :], H, jnp.eye(n, dtype=y.dtype))
-        evals, evecs = jnp.linalg.eigh(H)
-        floor = 1e-8 * jnp.maximum(1.0, jnp.max(jnp.abs(evals)))
-        evals = jnp.maximum(jnp.abs(evals), floor)
-        d = -(evecs @ ((evecs.T @ g) / evals))
-
+        d = _newton_direction(hessian, y, g, lower, upper)
         # a round-off slack lets the last Newton steps through: near a minimiser
         # the decrease is below the precision of `fn`
-        slack = 10 * jnp.finfo(y.dtype).eps * jnp.abs(s.value)
+        slack = 10 * eps * jnp.abs(s.value)
 
-        def fails(carry):
-            alpha, trial_value, trial = carry
-            decrease = s.value + 1e-4 * g @ (trial - y) + slack
-            return ~(trial_value <= decrease) & (alpha > 1e-14)
-
-        def halve(carry):
-            alpha = 0.5 * carry[0]
+        def accept(alpha):
             trial = _project(y + alpha * d, lower, upper)
-            return alpha, fn(trial), trial
+            value = fn(trial)
+            return value <= s.value + 1e-4 * g @ (trial - y) + slack, (trial, value)
 
-        first = _project(y + d, lower, upper)
-        alpha, _, y_new = jax.lax.while_loop(
-            fails, halve, (jnp.array(1.0, y.dtype), fn(first), first)
-        )
+        _, ok, (y_new, _) = backtrack(accept, y.dtype, min_step=1e-14)
         value, grad = value_and_grad(y_new)
+        moved = jnp.max(jnp.abs(y_new - y)) > 10 * eps * jnp.maximum(
+            1.0, jnp.max(jnp.abs(y))
+        )
         # a failed line search leaves y as it is: no progress is possible
-        stuck = alpha <= 1e-14
         return _NewtonState(
-            jnp.where(stuck, y, y_new),
-            jnp.where(stuck, s.value, value),
-            jnp.where(stuck, g, grad),
-            jnp.where(stuck, max_steps, s.step + 1),
+            jnp.where(ok, y_new, y),
+            jnp.where(ok, value, s.value),
+            jnp.where(ok, grad, g),
+            s.step + 1,
+            ~ok | ~moved,
         )
 
     value, grad = value_and_grad(y0)
-    s = jax.lax.while_loop(cond, body, _NewtonState(y0, value, grad, jnp.array(0)))
+    init = _NewtonState(y0, value, grad, jnp.array(0), jnp.array(False))
+    s = jax.lax.while_loop(cond, body, init)
     return s.y, s.step
 
 
@@ -116,6 +130,7 @@ class _State(eqx.Module):
     omega: Array
     infeasibility: Array
     kkt: Array
+    stop: Array  # the KKT residual with stationarity relative to round-off
     step: Array
     inner_steps: Array
 
@@ -126,9 +141,9 @@ class AugmentedLagrangian(eqx.Module):
 
     **Arguments:**
 
-    - `tol` (`None`): stationarity, feasibility and complementarity, all measured
-      in the max-norm, at which to stop; by default 1e-8 in float64 and 1e-5 in
-      float32.
+    - `tol` (`None`): stationarity, feasibility and complementarity of the scaled
+      problem (module docs), all measured in the max-norm, at which to stop; by
+      default 1e-8 in float64 and 1e-5 in float32.
     - `max_steps` (50): outer iterations; `inner_max_steps` (200) per inner solve.
     - `rho` (`None`): initial penalty; by default ALGENCAN's scale-aware choice
       `10 max(1, |f(y0)|) / max(1, ‖c(y0)‖²/2 + ‖max(h(y0), 0)‖²/2)` clipped to
@@ -178,129 +193,80 @@ class AugmentedLagrangian(eqx.Module):
     ) -> ConstrainedSolution:
         del key  # deterministic
         y0_flat, unravel = jfu.ravel_pytree(y0)
-        dtype = y0_flat.dtype
-        if self.tol is not None:
-            tol = self.tol
-        else:
-            tol = 1e-8 if jnp.finfo(dtype).bits == 64 else 1e-5
-        lower, upper = flat_bounds(problem, y0_flat, unravel)
         if problem.bounds is not None and self.inner_solver is not None:
             raise ValueError(
                 "An optimistix `inner_solver` cannot handle bounds; leave "
                 "`inner_solver=None` (projected Newton) for bound constraints."
             )
-        empty = lambda y: jnp.zeros(0, dtype)
-        f = lambda y: problem.objective(unravel(y), args)
-        c = empty if problem.eq is None else lambda y: problem.eq(unravel(y), args)
-        h = empty if problem.ineq is None else lambda y: problem.ineq(unravel(y), args)
-        y_start = _project(y0_flat, lower, upper)
-        m = jax.eval_shape(c, y_start).shape[0]
-        p = jax.eval_shape(h, y_start).shape[0]
+        scaled = _Scaled.build(problem, y0_flat, unravel, args)
+        tol = self.tol
+        if tol is None:
+            tol = 1e-8 if jnp.finfo(y0_flat.dtype).bits == 64 else 1e-5
+        s = jax.lax.while_loop(
+            lambda s: self._running(s, tol),
+            lambda s: self._outer_step(scaled, s, tol),
+            self._init(scaled, tol),
+        )
+        return self._postprocess(problem, scaled, s, tol, unravel)
 
-        def lagrangian(y, lam, mu):
-            return f(y) + lam @ c(y) + mu @ h(y)
-
-        def augmented(y, lam, mu, rho):
-            cy, hy = c(y), h(y)
-            shifted = jnp.maximum(0.0, mu + rho * hy)
-            return (
-                f(y)
-                + lam @ cy
-                + 0.5 * rho * cy @ cy
-                + (shifted @ shifted - mu @ mu) / (2 * rho)
-            )
-
-        def measures(y, cy, hy, lam, mu, mu_old, rho):
-            """(V for the penalty test, the KKT residual) at `y` (`cy = c(y)`,
-            `hy = h(y)`)."""
-            V = jnp.maximum(
-                jnp.max(jnp.abs(cy), initial=0.0),
-                jnp.max(jnp.abs(jnp.maximum(hy, -mu_old / rho)), initial=0.0),
-            )
-            stationarity = _projected_gradient(
-                y, jax.grad(lagrangian)(y, lam, mu), lower, upper
-            )
-            feasibility = jnp.maximum(
-                jnp.max(jnp.abs(cy), initial=0.0),
-                jnp.max(jnp.maximum(hy, 0.0), initial=0.0),
-            )
-            complementarity = jnp.max(jnp.abs(jnp.minimum(-hy, mu)), initial=0.0)
-            kkt = jnp.maximum(jnp.maximum(stationarity, feasibility), complementarity)
-            return V, kkt
-
-        def inner(y, lam, mu, rho, omega):
-            fn = lambda z: augmented(z, lam, mu, rho)
-            if self.inner_solver is None:
-                return _projected_newton(
-                    fn, y, lower, upper, omega, self.inner_max_steps
-                )
-            sol = optx.minimise(
-                lambda z, _: fn(z),
-                self.inner_solver,
-                y,
-                max_steps=self.inner_max_steps,
-                throw=False,
-            )
-            return sol.value, sol.stats["num_steps"]
-
-        def cond(s: _State):
-            infeasible = (s.rho > self.rho_max) & (s.infeasibility > tol)
-            return (
-                (s.step < self.max_steps)
-                & (s.kkt > tol)
-                & jnp.isfinite(s.kkt)
-                & ~infeasible
-            )
-
-        def body(s: _State):
-            y, used = inner(s.y, s.lam, s.mu, s.rho, s.omega)
-            cy, hy = c(y), h(y)
-            bound = self.multiplier_bound
-            lam = jnp.clip(s.lam + s.rho * cy, -bound, bound)
-            mu = jnp.clip(s.mu + s.rho * hy, 0.0, bound)
-            V, kkt = measures(y, cy, hy, lam, mu, s.mu, s.rho)
-            stalled = (V > self.tau * s.infeasibility) & (V > tol)
-            rho = jnp.where(stalled, self.rho_growth, 1.0)
-            return _State(
-                y,
-                lam,
-                mu,
-                rho * s.rho,
-                jnp.maximum(tol, 0.1 * s.omega),
-                V,
-                kkt,
-                s.step + 1,
-                s.inner_steps + used,
-            )
-
-        lam0, mu0 = jnp.zeros(m, dtype), jnp.zeros(p, dtype)
-        c0, h0 = c(y_start), h(y_start)
+    def _init(self, scaled: "_Scaled", tol) -> _State:
+        y = scaled.y_start
+        dtype = y.dtype
+        lam0, mu0 = jnp.zeros(scaled.m, dtype), jnp.zeros(scaled.p, dtype)
+        c0, h0 = scaled.c(y), scaled.h(y)
         if self.rho is None:
             violated = jnp.maximum(h0, 0.0)
             rho0 = jnp.clip(
                 10.0
-                * jnp.maximum(1.0, jnp.abs(f(y_start)))
+                * jnp.maximum(1.0, jnp.abs(scaled.f(y)))
                 / jnp.maximum(1.0, 0.5 * (c0 @ c0 + violated @ violated)),
                 1e-8,
                 1e8,
             )
         else:
             rho0 = jnp.asarray(self.rho, dtype)
-        V0, kkt0 = measures(y_start, c0, h0, lam0, mu0, mu0, rho0)
-        init = _State(
-            y_start,
-            lam0,
-            mu0,
-            rho0.astype(dtype),
-            jnp.maximum(jnp.asarray(tol, dtype), jnp.sqrt(tol)),
-            V0,
-            kkt0,
-            jnp.array(0),
-            jnp.array(0),
+        V0, kkt0, stop0 = scaled.measures(y, c0, h0, lam0, mu0, mu0, rho0, tol)
+        omega0 = jnp.maximum(jnp.asarray(tol, dtype), jnp.sqrt(tol))
+        zero = jnp.array(0)
+        rho0 = rho0.astype(dtype)
+        return _State(y, lam0, mu0, rho0, omega0, V0, kkt0, stop0, zero, zero)
+
+    def _running(self, s: _State, tol):
+        infeasible = (s.rho > self.rho_max) & (s.infeasibility > tol)
+        going = (s.step < self.max_steps) & (s.stop > tol)
+        return going & jnp.isfinite(s.kkt) & ~infeasible
+
+    def _inner(self, scaled: "_Scaled", s: _State):
+        fn = lambda z: scaled.augmented(z, s.lam, s.mu, s.rho)
+        if self.inner_solver is None:
+            return _projected_newton(
+                fn, s.y, scaled.lower, scaled.upper, s.omega, self.inner_max_steps
+            )
+        sol = optx.minimise(
+            lambda z, _: fn(z),
+            self.inner_solver,
+            s.y,
+            max_steps=self.inner_max_steps,
+            throw=False,
         )
-        s = jax.lax.while_loop(cond, body, init)
+        return sol.value, sol.stats["num_steps"]
+
+    def _outer_step(self, scaled: "_Scaled", s: _State, tol) -> _State:
+        y, used = self._inner(scaled, s)
+        cy, hy = scaled.c(y), scaled.h(y)
+        bound = self.multiplier_bound
+        lam = jnp.clip(s.lam + s.rho * cy, -bound, bound)
+        mu = jnp.clip(s.mu + s.rho * hy, 0.0, bound)
+        V, kkt, stop = scaled.measures(y, cy, hy, lam, mu, s.mu, s.rho, tol)
+        stalled = (V > self.tau * s.infeasibility) & (V > tol)
+        rho = jnp.where(stalled, self.rho_growth, 1.0) * s.rho
+        omega = jnp.maximum(tol, 0.1 * s.omega)
+        steps = (s.step + 1, s.inner_steps + used)
+        return _State(y, lam, mu, rho, omega, V, kkt, stop, *steps)
+
+    def _postprocess(self, problem, scaled: "_Scaled", s: _State, tol, unravel):
         result = RESULTS.where(
-            s.kkt <= tol, RESULTS.successful, RESULTS.max_steps_reached
+            s.stop <= tol, RESULTS.successful, RESULTS.max_steps_reached
         )
         infeasible = (s.rho > self.rho_max) & (s.infeasibility > tol)
         result = RESULTS.where(infeasible, RESULTS.infeasible, result)
@@ -308,13 +274,15 @@ class AugmentedLagrangian(eqx.Module):
         result = RESULTS.where(finite, result, RESULTS.nonfinite)
         multipliers = {}
         if problem.eq is not None:
-            multipliers["eq"] = s.lam
+            lam = s.lam * scaled.s_c / scaled.s_f
+            multipliers["eq"] = _minimum_norm(scaled.raw_c, s.y, lam)
         if problem.ineq is not None:
-            multipliers["ineq"] = s.mu
+            multipliers["ineq"] = s.mu * scaled.s_h / scaled.s_f
         if problem.bounds is not None:
-            g = jax.grad(lagrangian)(s.y, s.lam, s.mu)
-            multipliers["lower"] = jnp.where(s.y <= lower, jnp.maximum(g, 0.0), 0.0)
-            multipliers["upper"] = jnp.where(s.y >= upper, jnp.maximum(-g, 0.0), 0.0)
+            g = jax.grad(scaled.lagrangian)(s.y, s.lam, s.mu) / scaled.s_f
+            y, lower, upper = s.y, scaled.lower, scaled.upper
+            multipliers["lower"] = jnp.where(y <= lower, jnp.maximum(g, 0.0), 0.0)
+            multipliers["upper"] = jnp.where(y >= upper, jnp.maximum(-g, 0.0), 0.0)
         stats = {
             "num_steps": s.step,
             "kkt_residual": s.kkt,
@@ -322,3 +290,95 @@ class AugmentedLagrangian(eqx.Module):
             "rho": s.rho,
         }
         return ConstrainedSolution(unravel(s.y), multipliers, stats, result)
+
+
+def _minimum_norm(c, y, lam):
+    """The multipliers of least norm with the same `Gᵀλ` (`G = ∂c/∂y`): `λ`
+    itself when `G` has full row rank, the minimum-norm ones for redundant
+    constraints (whose multipliers are not unique)."""
+    G = jax.jacfwd(c)(y)
+    return jnp.linalg.pinv(G.T) @ (G.T @ lam)
+
+
+def _scales(fn, y):
+    """`1/max(1, ‖∇fn_i(y)‖∞)` per output of `fn` (ALGENCAN's scaling)."""
+    jac = jnp.atleast_2d(jax.jacfwd(fn)(y))
+    norms = jnp.max(jnp.abs(jac), axis=1, initial=0.0)
+    scales = 1.0 / jnp.maximum(1.0, jnp.where(jnp.isfinite(norms), norms, 1.0))
+    return jax.lax.stop_gradient(scales)
+
+
+class _Scaled(eqx.Module):
+    """The scaled problem `s_f f`, `s_c c`, `s_h h` on flat `y` (module docs)."""
+
+    problem: ConstrainedProblem
+    args: Any
+    unravel: Callable
+    s_f: Array
+    s_c: Array
+    s_h: Array
+    lower: Array
+    upper: Array
+    y_start: Array
+    m: int = eqx.field(static=True)
+    p: int = eqx.field(static=True)
+
+    @classmethod
+    def build(cls, problem, y0_flat, unravel, args) -> "_Scaled":
+        lower, upper = flat_bounds(problem, y0_flat, unravel)
+        y = _project(y0_flat, lower, upper)
+        one = jnp.ones((), y.dtype)
+        raw = cls(problem, args, unravel, one, one, one, lower, upper, y, 0, 0)
+        m, p = (jax.eval_shape(fn, y).shape[0] for fn in (raw.raw_c, raw.raw_h))
+        s_f = _scales(lambda z: raw.raw_f(z)[None], y)[0]
+        s_c, s_h = _scales(raw.raw_c, y)[:m], _scales(raw.raw_h, y)[:p]
+        return cls(problem, args, unravel, s_f, s_c, s_h, lower, upper, y, m, p)
+
+    def raw_f(self, y):
+        return self.problem.objective(self.unravel(y), self.args)
+
+    def raw_c(self, y):
+        if self.problem.eq is None:
+            return jnp.zeros(0, y.dtype)
+        return self.problem.eq(self.unravel(y), self.args)
+
+    def raw_h(self, y):
+        if self.problem.ineq is None:
+            return jnp.zeros(0, y.dtype)
+        return self.problem.ineq(self.unravel(y), self.args)
+
+    def f(self, y):
+        return self.s_f * self.raw_f(y)
+
+    def c(self, y):
+        return self.s_c * self.raw_c(y)
+
+    def h(self, y):
+        return self.s_h * self.raw_h(y)
+
+    def lagrangian(self, y, lam, mu):
+        return self.f(y) + lam @ self.c(y) + mu @ self.h(y)
+
+    def augmented(self, y, lam, mu, rho):
+        cy, hy = self.c(y), self.h(y)
+        shifted = jnp.maximum(0.0, mu + rho * hy)
+        penalty = 0.5 * rho * cy @ cy + (shifted @ shifted - mu @ mu) / (2 * rho)
+        return self.f(y) + lam @ cy + penalty
+
+    def measures(self, y, cy, hy, lam, mu, mu_old, rho, tol):
+        """(V for the penalty test, the KKT residual, the residual the stopping
+        test uses) at `y` (`cy = c(y)`, `hy = h(y)`). The stopping test allows
+        stationarity down to the round-off of evaluating `∇L_ρ`, about `10 eps (1 +
+        ‖λ‖∞ + ρ max(1, ‖y‖∞))`, which matters in float32 for large `ρ`."""
+        hmax = lambda v: jnp.max(v, initial=0.0)
+        shifted = jnp.abs(jnp.maximum(hy, -mu_old / rho))
+        V = jnp.maximum(hmax(jnp.abs(cy)), hmax(shifted))
+        grad = jax.grad(self.lagrangian)(y, lam, mu)
+        stationarity = _projected_gradient(y, grad, self.lower, self.upper)
+        feasibility = jnp.maximum(hmax(jnp.abs(cy)), hmax(jnp.maximum(hy, 0.0)))
+        complementarity = hmax(jnp.abs(jnp.minimum(-hy, mu)))
+        rest = jnp.maximum(feasibility, complementarity)
+        eps = jnp.finfo(y.dtype).eps
+        size = 1.0 + hmax(jnp.abs(lam)) + hmax(mu) + rho * jnp.maximum(1.0, hmax(y))
+        attainable = stationarity / jnp.maximum(1.0, 10 * eps * size / tol)
+        return V, jnp.maximum(stationarity, rest), jnp.maximum(attainable, rest)

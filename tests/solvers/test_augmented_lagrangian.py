@@ -262,3 +262,31 @@ def test_float32():
         assert sol.y.dtype == jnp.float32
         assert sol.result == S.RESULTS.successful
         np.testing.assert_allclose(sol.y, [0.75, 0.25, 0.0], atol=1e-4)
+
+
+def test_float32_batch_of_projections_is_successful_and_right():
+    """105 scores with |θ| up to 12 onto {p >= 0, Σp = 1, p0 - p1 <= 0.7}: in
+    float32 every solve is right (against float64) and reported `successful`."""
+    problem = S.ConstrainedProblem(
+        lambda p, t: 0.5 * jnp.sum((p - t) ** 2),
+        eq=lambda p, t: jnp.array([jnp.sum(p) - 1.0]),
+        ineq=lambda p, t: jnp.array([p[0] - p[1] - 0.7]),
+        bounds=(jnp.zeros(3), jnp.full(3, jnp.inf)),
+    )
+    theta = jax.random.uniform(jax.random.key(0), (105, 3), minval=-12, maxval=12)
+
+    def solve(t):
+        y0 = jnp.full(3, 1 / 3, t.dtype)
+        return S.minimize(problem, y0, t, S.AugmentedLagrangian(), throw=False)
+
+    reference = jax.vmap(solve)(theta)
+    with jax.enable_x64(False):
+        single = theta.astype(jnp.float32)
+        sol = jax.vmap(solve)(single)
+    assert sol.y.dtype == jnp.float32
+    assert bool(jnp.all(reference.result == S.RESULTS.successful))
+    assert bool(jnp.all(sol.result == S.RESULTS.successful))
+    np.testing.assert_allclose(sol.y, reference.y, atol=2e-5)
+    np.testing.assert_allclose(
+        sol.multipliers["eq"], reference.multipliers["eq"], rtol=1e-4, atol=1e-4
+    )

@@ -62,3 +62,37 @@ def test_repeated_eager_calls_do_not_retrace():
     np.testing.assert_allclose(again.y, jnp.full(3, 1 / 3), atol=1e-5)
     S.minimize(problem, jnp.zeros(4), jnp.ones(4), solver)  # new shapes: retrace
     assert len(traces) > traced
+
+
+def _central_differences(fn, x, eps=1e-6):
+    shifts = eps * jnp.eye(x.size)
+    values = jax.vmap(fn)(jnp.concatenate([x + shifts, x - shifts]))
+    return (values[: x.size] - values[x.size :]).T / (2 * eps)
+
+
+def test_redundant_constraints_are_solved_and_differentiated():
+    """A duplicated (scaled) linear and a duplicated nonlinear equality: the
+    multipliers are not unique, the solution and its derivative are."""
+    problem = S.ConstrainedProblem(
+        lambda y, a: 0.5 * jnp.sum((y - a) ** 2) + 0.1 * jnp.sum(y**4),
+        eq=lambda y, a: jnp.array(
+            [
+                y[0] + y[1] + y[2] - 1.0,
+                2.0 * (y[0] + y[1] + y[2] - 1.0),
+                y[0] ** 2 + y[1] - 0.5,
+                -3.0 * (y[0] ** 2 + y[1] - 0.5),
+            ]
+        ),
+    )
+    solver = S.AugmentedLagrangian(tol=1e-10)
+    solve = lambda a: S.minimize(problem, jnp.full(3, 0.3), a, solver)
+    a = jnp.array([0.8, -0.4, 1.5])
+    sol = solve(a)
+    assert sol.result == S.RESULTS.successful
+    np.testing.assert_allclose(problem.eq(sol.y, a), 0.0, atol=1e-9)
+    lam = sol.multipliers["eq"]  # minimum norm: along (1, 2) and (1, -3)
+    np.testing.assert_allclose([2 * lam[0] - lam[1], 3 * lam[2] + lam[3]], 0, atol=1e-7)
+    y = lambda a: solve(a).y
+    reference = _central_differences(y, a)
+    np.testing.assert_allclose(jax.jacrev(y)(a), reference, atol=1e-6)
+    np.testing.assert_allclose(jax.jacfwd(y)(a), reference, atol=1e-6)
