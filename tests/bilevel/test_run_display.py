@@ -3,6 +3,7 @@ compiled run), readable reprs of results and statistics, the history plot."""
 
 import jax
 import jax.numpy as jnp
+import lineax as lx
 import matplotlib
 import optax
 import pytest
@@ -51,6 +52,7 @@ def test_progress_and_callback_give_the_same_numbers(quadratic, algorithm, capsy
     bar = capsys.readouterr().err
     assert type(algorithm).__name__ in bar and "30/30" in bar
     assert "outer_loss=" in bar and "hypergradient_norm=" in bar
+    assert bar.index("(compiling…)") < bar.index("30/30")
 
 
 def test_progress_inside_jit_is_a_clear_error(quadratic):
@@ -112,3 +114,33 @@ def test_plot_history(quadratic):
     stacked = jax.tree.map(lambda a: jnp.stack([a, a]), runs["F2SA"].history)
     with pytest.raises(ValueError, match="one run"):
         bx.bilevel.plot_history(stacked)
+
+
+def test_statuses_print_their_names_alone_and_by_batch(quadratic):
+    Q = quadratic
+    result = ALGORITHMS[0].run(Q.problem, Q.x0, Q.y0, Q.data, num_steps=5)
+    assert str(result.result) == "successful" == repr(result.result)
+    assert repr(bx.bilevel.RESULTS.diverged) == "diverged"
+    assert repr(bx.solvers.RESULTS.successful) == "successful"
+    # other libraries' enumerations keep equinox's repr
+    assert repr(lx.RESULTS.successful).startswith("lineax")
+
+    def run(lr):
+        solver = bx.bilevel.HypergradientDescent(optax.sgd(lr))
+        return solver.run(Q.problem, Q.x0, Q.y0, Q.data, num_steps=10)
+
+    runs = jax.vmap(run)(jnp.array([0.1, 1e100, 0.2]))
+    assert str(runs.result) == "[successful, diverged, successful]"
+    assert bx.statuses(runs).tolist() == ["successful", "diverged", "successful"]
+    assert bx.statuses(runs.result)[1] == "diverged"
+    assert bx.status_counts(runs) == {
+        "successful": 2,
+        "diverged": 1,
+        "inner_failed": 0,
+    }
+    failed = jnp.flatnonzero(runs.result != bx.bilevel.RESULTS.successful)
+    assert failed.tolist() == [1]
+    with pytest.raises(TypeError, match="`status` must be a status"):
+        bx.statuses(runs.x)
+    with pytest.raises(ValueError, match="traced"):
+        jax.jit(lambda r: bx.statuses(r))(runs)
