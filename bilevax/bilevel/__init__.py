@@ -45,6 +45,7 @@ from ._lvhba import (
     coupled_projection as coupled_projection,
 )
 from ._ma_soba import MASOBA as MASOBA
+from ._maid import MAID as MAID
 from ._penalty import F2SA as F2SA, PenaltyMethod as PenaltyMethod
 from ._plot import plot_history as plot_history
 from ._problem import (
@@ -69,6 +70,7 @@ __all__ = [
     "HOAG",
     "LBFGS",
     "LVHBA",
+    "MAID",
     "MASOBA",
     "RESULTS",
     "SABA",
