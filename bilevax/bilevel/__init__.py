@@ -19,6 +19,7 @@
 """
 
 from . import kernels as kernels, sets as sets
+from ._bo_rep import BOREP as BOREP
 from ._bome import BOME as BOME
 from ._distillation import (
     DatasetDistillation as DatasetDistillation,
@@ -66,6 +67,7 @@ from ._soba import SOBA as SOBA
 
 __all__ = [
     "BOME",
+    "BOREP",
     "F2SA",
     "HOAG",
     "LBFGS",

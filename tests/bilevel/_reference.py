@@ -186,3 +186,22 @@ def maid_step(Q, x, y, s, cfg):
             return x_new, y_new, s, p
     eps = max(cfg["tighten"] * s["eps"], cfg["eps_min"])
     return x, y, dict(s, eps=eps, failures=s["failures"] + 1), p
+
+
+def bo_rep_step(P, x, y, v, m, t, c, key, b):
+    """Algorithm 1 of Hao, Gong, Liu (2024) after the initialisation refinement:
+    periodic SGD on y, projected SGD on the adjoint, normalised momentum on x.
+    `c`: dict with rho, eta, radius, beta, decay, period, steps."""
+    n, mm = len(P.levels[0]["w"]), len(P.levels[1]["w"])
+    k_y, k_g, k_f = jax.random.split(key, 3)
+    if t % c["period"] == 0 and t > 0:
+        for k in jax.random.split(k_y, c["steps"]):
+            y = y - c["rho"] * P.grad_y(0, _randint(k, b, n), x, y).mean(0)
+    i, j = _randint(k_g, b, n), _randint(k_f, b, mm)
+    d_v = P.hvp(i, v).mean(0) + P.grad_y(1, j, x, y).mean(0)
+    d_x = P.grad_x(1, j, x, y).mean(0) + P.cross(i, v).mean(0)
+    v = v - c["rho"] * d_v
+    v = v * min(1.0, c["radius"] / np.linalg.norm(v))
+    m = c["beta"] * m + (1 - c["beta"]) * d_x
+    eta = c["eta"] * c["decay"] ** t
+    return x - eta * m / np.linalg.norm(m), y, v, m
