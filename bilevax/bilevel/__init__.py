@@ -20,6 +20,7 @@
 """
 
 from . import kernels as kernels, sets as sets
+from ._bo_rep import BOREP as BOREP
 from ._bome import BOME as BOME
 from ._distillation import (
     DatasetDistillation as DatasetDistillation,
@@ -46,6 +47,7 @@ from ._lvhba import (
     coupled_projection as coupled_projection,
 )
 from ._ma_soba import MASOBA as MASOBA
+from ._maid import MAID as MAID
 from ._penalty import F2SA as F2SA, PenaltyMethod as PenaltyMethod
 from ._plot import plot_history as plot_history
 from ._problem import (
@@ -67,10 +69,12 @@ from ._soba import SOBA as SOBA
 
 __all__ = [
     "BOME",
+    "BOREP",
     "F2SA",
     "HOAG",
     "LBFGS",
     "LVHBA",
+    "MAID",
     "MASOBA",
     "RESULTS",
     "SABA",

@@ -144,3 +144,64 @@ def bome_step(P, x, y, alpha, xi, eta, T, key, b):
     norm2 = q_x @ q_x + q_y @ q_y
     lam = max(eta * norm2 - (f_x @ q_x + f_y @ q_y), 0.0) / norm2
     return x - xi * (f_x + lam * q_x), y - xi * (f_y + lam * q_y)
+
+
+def maid_step(Q, x, y, s, cfg):
+    """Algorithm of Salehi et al. (MAID) on `tests/bilevel/_quadratic.Quadratic`:
+    inexact inner solve (gradient descent to ‖∇_y g‖ <= ε s), adjoint (solved
+    exactly here: the implementation's CG runs to relative residual ε, tiny in
+    the test), backtracking with the inexact sufficient decrease, then the
+    accuracy update. `s` is a dict with eps, trial, scale, lip_g, mu_g, lip_f and the
+    number of consecutive failures."""
+    H, B, c, y_t, mu = (np_(a) for a in (Q.H, Q.B, Q.c, Q.y_t, Q.mu))
+    e_bar, eps_bar = (np_(a).mean(0) for a in Q.data)
+    grad = lambda x, y: H @ y - (B @ x + c + e_bar)
+    tol = s["eps"] * s["scale"]
+
+    def solve(x, y):
+        gr, k = grad(x, y), 0
+        while k < cfg["inner_steps"] and np.linalg.norm(gr) > tol:
+            y, k = y - (1.0 / s["lip_g"]) * gr, k + 1
+            gr = grad(x, y)
+        return y
+
+    def value_error(x, y):
+        r = y - y_t - eps_bar
+        e = s["eps"] * s["scale"] / s["mu_g"]
+        return 0.5 * r @ r + 0.5 * mu * x @ x, np.linalg.norm(r) * e + 0.5 * s[
+            "lip_f"
+        ] * e**2
+
+    y = solve(x, y)
+    p = mu * x + B.T @ np.linalg.solve(H, y - y_t - eps_bar)
+    value, omega = value_error(x, y)
+    for j in range(cfg["max_backtracks"] * (1 + s["failures"])):
+        alpha = s["trial"] * cfg["backtrack"] ** j
+        x_new = x - alpha * p
+        y_new = solve(x_new, y)
+        v_new, o_new = value_error(x_new, y_new)
+        if v_new + o_new <= value - omega - cfg["eta"] * alpha * (p @ p):
+            eps = min(cfg["loosen"] * s["eps"], cfg["eps0"])
+            s = dict(s, eps=eps, trial=alpha * cfg["growth"], failures=0)
+            return x_new, y_new, s, p
+    eps = max(cfg["tighten"] * s["eps"], cfg["eps_min"])
+    return x, y, dict(s, eps=eps, failures=s["failures"] + 1), p
+
+
+def bo_rep_step(P, x, y, v, m, t, c, key, b):
+    """Algorithm 1 of Hao, Gong, Liu (2024) after the initialisation refinement:
+    periodic SGD on y, projected SGD on the adjoint, normalised momentum on x.
+    `c`: dict with rho, eta, radius, beta, decay, period, steps."""
+    n, mm = len(P.levels[0]["w"]), len(P.levels[1]["w"])
+    k_y, k_g, k_f = jax.random.split(key, 3)
+    if t % c["period"] == 0 and t > 0:
+        for k in jax.random.split(k_y, c["steps"]):
+            y = y - c["rho"] * P.grad_y(0, _randint(k, b, n), x, y).mean(0)
+    i, j = _randint(k_g, b, n), _randint(k_f, b, mm)
+    d_v = P.hvp(i, v).mean(0) + P.grad_y(1, j, x, y).mean(0)
+    d_x = P.grad_x(1, j, x, y).mean(0) + P.cross(i, v).mean(0)
+    v = v - c["rho"] * d_v
+    v = v * min(1.0, c["radius"] / np.linalg.norm(v))
+    m = c["beta"] * m + (1 - c["beta"]) * d_x
+    eta = c["eta"] * c["decay"] ** t
+    return x - eta * m / np.linalg.norm(m), y, v, m
