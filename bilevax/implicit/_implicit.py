@@ -42,6 +42,9 @@ class ImplicitStats(eqx.Module):
     - `residual`: relative residual `‖A v - b‖₂ / ‖b‖₂` of the returned solution.
     - `result`: a `lineax.RESULTS` status; `result == lineax.RESULTS.successful`
       when the solve converged to the requested tolerance and is finite.
+    - `solution`: the solution `v` of the linear solve (for `root_vjp` the adjoint
+      vector), to warm-start the next solve of a slowly changing system through
+      `options={"y0": stats.solution}`. Not shown in the repr.
 
     Example:
 
@@ -60,6 +63,7 @@ class ImplicitStats(eqx.Module):
     num_steps: Array
     residual: Array
     result: lx.RESULTS
+    solution: PyTree[Array] = None
 
     def __repr__(self):
         return fields_repr(
@@ -286,7 +290,9 @@ def custom_root(
 
     evaluated at the returned solution, with one matrix-free linear solve per
     tangent (forward mode) or cotangent (reverse mode). `jax.grad`, `jax.jvp`,
-    `jax.jacfwd`, `jax.jacrev`, `jax.hessian`, `jax.vmap` and `jax.jit` all work.
+    `jax.jacfwd`, `jax.jacrev`, `jax.hessian`, `jax.vmap` and `jax.jit` all work,
+    in any composition: `jax.grad` of a mean over a `jax.vmap` of solves with
+    parameters shared across the batch (iMAML's meta-gradient) included.
     Python floats among the parameters are treated as (differentiable) arrays;
     other non-array parameters (ints, strings, functions) are static.
 
@@ -310,17 +316,18 @@ def custom_root(
     - `optimality_fn`: `F(y, *params, **kwargs)`, returning a pytree with the
       structure and shapes of `y`. See `bilevax.implicit.conditions` for ready ones.
     - `linear_solver`: a lineax solver for systems in `∂F/∂y` (e.g.
-      `lineax.CG(rtol, atol)`, `lineax.GMRES(...)`, `lineax.LU()` on the
-      materialised Jacobian, `bilevax.implicit.Neumann(steps)`). Default: CG if the
-      Jacobian is tagged symmetric positive semidefinite (as for
-      `conditions.stationarity`), GMRES otherwise, with tolerance 1e-10 (float64)
-      or 1e-5 (float32).
+      `bilevax.implicit.CG(rtol)`, `lineax.GMRES(...)`, `lineax.LU()` on the
+      materialised Jacobian, `bilevax.implicit.Neumann(steps)`). Default
+      (`default_linear_solver`): `bilevax.implicit.CG` if the Jacobian is tagged
+      symmetric positive semidefinite (as for `conditions.stationarity`), GMRES
+      otherwise, with tolerance 1e-10 (float64) or 1e-5 (float32).
     - `tags`: lineax tags of `∂F/∂y`; defaults to `optimality_fn.tags` if present.
     - `has_aux`: the solver returns `(y, aux)`; `aux` is passed through and not
       differentiated.
     - `throw`: raise a runtime error when the solution is not finite or the linear
-      solve fails (does not converge, or returns NaN). With `throw=False` failures
-      are not raised; use `root_vjp`/`root_jvp` to get the status and residual.
+      solve fails (does not converge, diverges, breaks down, or returns NaN).
+      With `throw=False` failures are not raised; use `root_vjp`/`root_jvp` to get
+      the status and residual.
     - `result_shape`: for a solver JAX cannot trace only: a pytree of
       `jax.ShapeDtypeStruct` (or arrays) like what the solver returns (the pair
       `(y, aux)` with `has_aux`). Default: the shape of `init`.
@@ -465,6 +472,7 @@ def _stats(solution: lx.Solution) -> ImplicitStats:
         num_steps=solution.stats["num_steps"],
         residual=solution.stats["residual"],
         result=solution.result,
+        solution=solution.value,
     )
 
 
@@ -482,6 +490,7 @@ def root_vjp(
     *,
     linear_solver: lx.AbstractLinearSolver | None = None,
     tags: frozenset[Any] | None = None,
+    options: dict[str, Any] | None = None,
     throw: bool = True,
 ) -> tuple[tuple[Any, ...], ImplicitStats]:
     r"""Vector-Jacobian product of an implicit solution, with solve diagnostics.
@@ -497,6 +506,9 @@ def root_vjp(
     - `params`: the tuple `θ = (p1, p2, ...)` passed to `F` after `y`.
     - `cotangent`: `u`, a pytree with the structure of `y*`.
     - `linear_solver`, `tags`: as in `custom_root`.
+    - `options`: lineax options of the adjoint solve (`(∂_y F)ᵀ v = u`), e.g.
+      `{"y0": previous_stats.solution}` to warm-start `CG` from the previous
+      adjoint vector, or `{"preconditioner": M}` with `M ≈ (∂_y F)⁻ᵀ`.
     - `throw`: raise if the adjoint solve fails; otherwise inspect `stats.result`.
 
     **Returns:** `(cotangents of params, ImplicitStats)`; the first is a tuple with
@@ -525,6 +537,7 @@ def root_vjp(
         operator.transpose(),
         _cast_like(cotangent, solution),
         linear_solver,
+        options=options,
         throw=False,
     )
     _, vjp_fn = jax.vjp(lambda p: optimality_fn(solution, *p), params)
@@ -540,13 +553,15 @@ def root_jvp(
     *,
     linear_solver: lx.AbstractLinearSolver | None = None,
     tags: frozenset[Any] | None = None,
+    options: dict[str, Any] | None = None,
     throw: bool = True,
 ) -> tuple[PyTree[Array], ImplicitStats]:
     r"""Jacobian-vector product of an implicit solution, with solve diagnostics.
 
     Returns `(∂y*/∂θ) t = -(∂_y F)^{-1} (∂_θ F) t` and the stats of the solve.
 
-    **Arguments:** as `root_vjp`, with `tangents` a tuple like `params`.
+    **Arguments:** as `root_vjp`, with `tangents` a tuple like `params`; `options`
+    are those of the solve `(∂_y F) v = (∂_θ F) t` (`v = -tangent`).
 
     Example:
 
@@ -573,7 +588,7 @@ def root_jvp(
         (_cast_like(tangents, params),),
     )
     sol = lx.linear_solve(
-        operator, _cast_like(rhs, solution), linear_solver, throw=False
+        operator, _cast_like(rhs, solution), linear_solver, options=options, throw=False
     )
     t_y = jtu.tree_map(jnp.negative, sol.value)
     return _maybe_throw(t_y, sol, throw), _stats(sol)

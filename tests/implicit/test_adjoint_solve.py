@@ -222,3 +222,24 @@ def test_hypergradient_reports_and_raises_a_failed_adjoint_solve():
     good = bx.implicit.ImplicitAdjoint(CG(rtol=1e-12))
     _, grad, _, stats = bx.bilevel.hypergradient(problem, x, y0, inner, good)
     assert _close(grad, 1 / DIAG, 1e-8) and stats.linear_result == lx.RESULTS.successful
+
+
+# ------------------------------------------------------------------ warm starts
+
+
+def test_root_vjp_warm_start_gives_the_cold_answer():
+    d = jnp.logspace(0, 4, 200)
+    f = lambda y, x: 0.5 * jnp.sum(d * y**2) + 0.25 * jnp.sum(y**4) - x @ y
+    F = conditions.stationarity(f)
+    x = jnp.linspace(-1.0, 1.0, 200)
+    y = jnp.zeros(200)  # any point: the Hessian diag(d + 3y²) is positive definite
+    u = jnp.ones(200)
+    _, first = root_vjp(F, y, (x,), u, linear_solver=CG(rtol=1e-12))
+    y2 = y + 0.01  # the next outer step: a nearby system
+    (cold,), cold_stats = root_vjp(F, y2, (x,), u, linear_solver=CG(rtol=1e-12))
+    (warm,), warm_stats = root_vjp(
+        F, y2, (x,), u, linear_solver=CG(rtol=1e-12), options={"y0": first.solution}
+    )
+    assert _close(warm, cold, 1e-10)
+    assert int(warm_stats.num_steps) < int(cold_stats.num_steps)
+    assert _close(warm, u / (d + 3 * y2**2), 1e-10)  # ∂_x F = -I

@@ -131,3 +131,58 @@ def test_cg_bad_arguments():
         lx.linear_solve(
             lx.MatrixLinearOperator(jnp.ones((3, 2))), jnp.ones(3), CG(1e-6)
         )
+
+
+def _ill_conditioned_system():
+    d = jnp.logspace(0, 3, 40)
+    M = 0.1 * jax.random.normal(jax.random.key(3), (40, 40))
+    A = jnp.diag(d) + M @ M.T
+    b = jax.random.normal(jax.random.key(4), (40,))
+    return A, b
+
+
+def test_cg_preconditioner_same_solution_in_fewer_steps():
+    A, b = _ill_conditioned_system()
+    op = lx.MatrixLinearOperator(A, lx.positive_semidefinite_tag)
+    want = jnp.linalg.solve(A, b)
+    cold = lx.linear_solve(op, b, CG(rtol=1e-10))
+    jacobi = lx.DiagonalLinearOperator(1 / jnp.diag(A))
+    for solver, options in [
+        (CG(rtol=1e-10, preconditioner=jacobi), None),
+        (CG(rtol=1e-10), {"preconditioner": jacobi}),
+    ]:
+        pre = lx.linear_solve(op, b, solver, options=options)
+        assert jnp.linalg.norm(pre.value - want) <= 1e-8 * jnp.linalg.norm(want)
+        assert int(pre.stats["num_steps"]) < int(cold.stats["num_steps"]) / 2
+    # a preconditioner that is not positive definite is a breakdown
+    bad = lx.DiagonalLinearOperator(-jnp.ones(40))
+    sol = lx.linear_solve(op, b, CG(1e-10, preconditioner=bad), throw=False)
+    assert sol.result == lx.RESULTS.breakdown
+    with pytest.raises(ValueError, match="preconditioner"):
+        lx.linear_solve(
+            op,
+            b,
+            CG(
+                1e-10,
+                preconditioner=lx.IdentityLinearOperator(
+                    jax.ShapeDtypeStruct((3,), b.dtype)
+                ),
+            ),
+        )
+
+
+def test_cg_warm_start_same_solution_in_fewer_steps():
+    A, b = _ill_conditioned_system()
+    op = lx.MatrixLinearOperator(A, lx.positive_semidefinite_tag)
+    first = lx.linear_solve(op, b, CG(rtol=1e-10))
+    b2 = b + 1e-3 * jax.random.normal(jax.random.key(5), b.shape)  # a nearby system
+    cold = lx.linear_solve(op, b2, CG(rtol=1e-10))
+    warm = lx.linear_solve(op, b2, CG(rtol=1e-10), options={"y0": first.value})
+    want = jnp.linalg.solve(A, b2)
+    for sol in (cold, warm):
+        assert jnp.linalg.norm(sol.value - want) <= 1e-8 * jnp.linalg.norm(want)
+    assert int(warm.stats["num_steps"]) < int(cold.stats["num_steps"])
+    exact = lx.linear_solve(op, b2, CG(rtol=1e-8), options={"y0": want})
+    assert int(exact.stats["num_steps"]) == 0
+    with pytest.raises(ValueError, match="y0"):
+        lx.linear_solve(op, b, CG(1e-10), options={"y0": jnp.zeros(3)})
