@@ -13,6 +13,12 @@ solution is differentiated with `bilevax.implicit.custom_root` through the
 stationarity condition ∇_w L_train = 0 (CG on Hessian-vector products), and θ is
 updated by Adam. Runs in float64 (bilevax works in float32 as well).
 
+In scikit-learn's units, λ here is `LogisticRegression(C=1 / (300 λ))` (300
+training samples; docs/sklearn-bridge.md derives it). With `--per-feature`, 30
+strengths are fitted on 150 validation samples and overfit them: the validation
+loss falls to 0.028 (one λ: 0.061) while the test accuracy drops from 0.966 to
+0.950. Judge on the test split; see docs/sklearn-bridge.md for remedies.
+
 Run: python examples/quickstart.py [--per-feature] [--steps 60] [--out outputs]
 """
 
@@ -125,6 +131,10 @@ def main():
         def trange(n, **_):
             return range(n)
 
+    # compile before the loop, so that the bar's rate and ETA count steps only
+    start = time.perf_counter()
+    outer_step = outer_step.lower(theta, opt_state, params).compile()
+    compile_seconds = time.perf_counter() - start
     history = []
     start = time.perf_counter()
     for _ in trange(args.steps, desc="outer steps"):
@@ -138,8 +148,22 @@ def main():
     print(
         f"after:  λ = {jnp.exp(theta).mean():.2e} (mean)  validation loss "
         f"{after[0]:.4f}  test accuracy {after[1]:.3f}  "
-        f"({args.steps} outer steps in {elapsed:.1f}s, compilation included)"
+        f"({args.steps} outer steps in {elapsed:.1f}s after {compile_seconds:.1f}s "
+        "of compilation)"
     )
+
+    n_train = data.train[0].shape[0]
+    print(
+        f"         in scikit-learn's units: LogisticRegression(C = 1/(n λ) = "
+        f"{1 / (n_train * jnp.exp(theta).mean()):.3g})"
+        + (" for the mean λ" if args.per_feature else "")
+    )
+    if args.per_feature:
+        print(
+            f"note: {n_features} strengths fitted on {data.validation[0].shape[0]} "
+            "validation samples overfit them: judge by the test accuracy, not the "
+            "validation loss (docs/sklearn-bridge.md)"
+        )
 
     # Reference: the best single λ on a grid, fitted by the same solver (vmapped).
     grid = jnp.linspace(*args.bounds, 23)

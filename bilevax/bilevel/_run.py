@@ -1,9 +1,13 @@
 r"""What every bilevel algorithm shares: `init`/`step`/`run`, the history and the
 result object.
 
-`run` is one compiled loop (`lax.scan` over chunks of `record_every` steps), so it
-runs under `jit` and `jax.vmap` (e.g. over seeds). With `progress=True` the chunks
-are driven from Python with a progress bar instead (not inside `jit`/`vmap`).
+`run` is one compiled loop (`lax.scan` over records, each a loop of
+`record_every` steps), so it runs under `jit` and `jax.vmap` (e.g. over seeds).
+Called eagerly it is compiled once per static configuration and shapes
+(`equinox.filter_jit`) and reused by later calls. With `progress=True` or a
+`callback` the records are driven from Python instead (not inside `jit`/`vmap`),
+one compiled chunk at a time; the chunk's length is a value in it, so it compiles
+once whatever `num_steps` and `record_every`.
 
 A step that makes `x` or `y` non-finite, or so large that its square overflows
 (`|a| >= √max` of the dtype: about 1e154 in float64, 1.8e19 in float32), is undone
@@ -99,7 +103,11 @@ class History(eqx.Module):
     - `step`: outer iterations done at the record.
     - `outer_loss`: `f(x, y)` on the whole outer data at the current `(x, y)`.
     - `hypergradient_norm`: norm of the (estimated) hypergradient of the last step.
-    - `inner_residual`: `‖∇_y g(x, y)‖` on the whole inner data.
+    - `inner_residual`: `‖∇_y g(x, y)‖` on the whole inner data: 0 at an
+      unconstrained inner minimum, so small is good. With constraints on the
+      lower level (`LVHBA`) it does not go to 0: at the constrained minimum
+      `∇_y g` is balanced by the constraints' multipliers, so a value such as 2
+      there is no failure; judge such runs by `result` and the outer loss.
 
     Example:
 
@@ -245,7 +253,10 @@ class AbstractBilevelAlgorithm(eqx.Module):
         - `key`: PRNG key for minibatches (default `jax.random.key(0)`).
         - `num_steps`: outer iterations (a Python int).
         - `record_every`: history period (default: about 100 records). `num_steps`
-          is rounded up to a multiple of it.
+          is rounded up to a multiple of it. Only the number of records
+          `⌈num_steps / record_every⌉` is a shape in the compiled program: an
+          eager call with the same problem functions, shapes and number of records
+          as an earlier one reuses its compiled program.
         - `progress`: show a live tqdm bar with the outer loss and hypergradient
           norm of the latest record.
         - `callback`: `callback(record, x, y)` is called after every
@@ -260,8 +271,10 @@ class AbstractBilevelAlgorithm(eqx.Module):
           run also continues its step count and key schedule (step `t` since
           `init` draws its batches from `fold_in(split(key)[1], t)`): a run stopped
           after `N` steps and resumed with the same `key` is bit-identical to an
-          uninterrupted one. Results save and load with
-          `equinox.tree_serialise_leaves` / `tree_deserialise_leaves`.
+          uninterrupted one, and its `history` holds the whole run so far (the
+          earlier records, then the new ones). `bilevax.save(path, result)` and
+          `bilevax.load(path)` store a result between processes, with no
+          template.
 
         **Returns:** a `BilevelResult`.
         """
