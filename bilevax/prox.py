@@ -92,8 +92,8 @@ def group_l1(v: Array, theta: ArrayLike, eta: ArrayLike = 1.0) -> Array:
 
     ```
     """
-    norm = jnp.sqrt(jnp.sum(v**2, axis=-1, keepdims=True))
-    safe = jnp.where(norm > 0, norm, 1.0)
+    squared = jnp.sum(v**2, axis=-1, keepdims=True)
+    safe = jnp.sqrt(jnp.where(squared > 0, squared, 1.0))  # no NaN derivative at 0
     theta = jnp.expand_dims(jnp.asarray(theta), -1)
     return jnp.maximum(1.0 - eta * theta / safe, 0.0) * v
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from . import prox as _prox
 from .bilevel import HOAG, BilevelData, BilevelProblem, ProximalGradient
+from .implicit import SupportAdjoint
 
 
 def _residuals(w, batch):
@@ -55,6 +56,9 @@ def _validation_loss(x, w, batch):
 
 
 _PROBLEM = BilevelProblem(outer=_validation_loss, inner=_train_loss)
+# The supports of all folds together: up to ~n per fold before the dense LU gives
+# way to GMRES on the masked system.
+_SUPPORT = SupportAdjoint(max_support=256)
 
 
 class _ElasticNetParams(eqx.Module):
@@ -262,7 +266,7 @@ class LassoHO(_HyperparameterLinearModel):
     tol: float = 1e-6
 
     def _inner(self):
-        return ProximalGradient(_prox.l1, jnp.exp, num_steps=100_000)
+        return ProximalGradient(_prox.l1, jnp.exp, num_steps=100_000, support=_SUPPORT)
 
     def _alpha_max(self, X, t):
         return float(np.max(np.abs(X.T @ t)) / X.shape[0])
@@ -304,7 +308,9 @@ class ElasticNetHO(_HyperparameterLinearModel):
 
     def _inner(self):
         params = _ElasticNetParams(self.l1_ratio)
-        return ProximalGradient(_prox.elastic_net, params, num_steps=100_000)
+        return ProximalGradient(
+            _prox.elastic_net, params, num_steps=100_000, support=_SUPPORT
+        )
 
     def _alpha_max(self, X, t):
         return float(np.max(np.abs(X.T @ t)) / (X.shape[0] * self.l1_ratio))

@@ -24,6 +24,8 @@ PUBLIC_MODULES = [
     "bilevax.bilevel.kernels",
     "bilevax.datasets",
     "bilevax.datasets.cutest",
+    "bilevax.prox",
+    "bilevax.sklearn",
 ]
 
 

@@ -1,0 +1,71 @@
+"""`bilevax.sklearn`: the tuned α reaches the validation error of the best point
+of `LassoCV`/`ElasticNetCV`'s 100-point grid (within 1%) on the same folds."""
+
+import numpy as np
+import pytest
+from sklearn.linear_model import ElasticNetCV, LassoCV
+
+import bilevax as bx
+
+
+def _synthetic(n=50, p=30, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, p))
+    w = np.zeros(p)
+    w[:4] = [3.0, -2.0, 1.5, 1.0]
+    return X, X @ w + rng.standard_normal(n) + 2.0
+
+
+def _grid_best(reference):
+    return reference.mse_path_.mean(axis=-1).min()
+
+
+def test_lasso_ho_matches_the_grid_and_scikit_learns_objective():
+    X, y = _synthetic()
+    reference = LassoCV(cv=3, tol=1e-10, max_iter=100_000).fit(X, y)
+    model = bx.sklearn.LassoHO(cv=3).fit(X, y)
+    assert model.validation_error_ <= 1.01 * _grid_best(reference)
+    # the refit is scikit-learn's Lasso at the same α
+    from sklearn.linear_model import Lasso
+
+    lasso = Lasso(alpha=float(model.alpha_), tol=1e-12, max_iter=100_000).fit(X, y)
+    np.testing.assert_allclose(model.coef_, lasso.coef_, atol=1e-6)
+    np.testing.assert_allclose(model.intercept_, lasso.intercept_, atol=1e-6)
+
+
+def test_bad_input_is_a_named_error():
+    with pytest.raises(ValueError, match="fit"):
+        bx.sklearn.LassoHO().fit(np.ones((5, 2)), np.ones(4))
+    with pytest.raises(ValueError, match="cv"):
+        bx.sklearn.LassoHO(cv=1).fit(np.ones((5, 2)), np.ones(5))
+    with pytest.raises(ValueError, match="l1_ratio"):
+        bx.sklearn.ElasticNetHO(l1_ratio=0.0)
+
+
+@pytest.mark.slow
+def test_elastic_net_ho_matches_the_grid():
+    X, y = _synthetic(seed=1)
+    reference = ElasticNetCV(l1_ratio=0.5, cv=3, tol=1e-10, max_iter=100_000)
+    reference.fit(X, y)
+    model = bx.sklearn.ElasticNetHO(l1_ratio=0.5, cv=3).fit(X, y)
+    assert model.validation_error_ <= 1.01 * _grid_best(reference)
+
+
+@pytest.mark.slow
+def test_diabetes_several_minima_are_reported_and_the_best_is_reached():
+    from sklearn.datasets import load_diabetes
+
+    X, y = load_diabetes(return_X_y=True)
+    reference = LassoCV(cv=5, tol=1e-10, max_iter=100_000).fit(X, y)
+    model = bx.sklearn.LassoHO(cv=5).fit(X, y)
+    assert len(model.local_minima_) > 1  # the validation curve is not unimodal
+    assert model.validation_error_ <= 1.01 * _grid_best(reference)
+
+
+@pytest.mark.slow
+def test_weighted_lasso_does_not_lose_to_the_scalar_one():
+    X, y = _synthetic(seed=2)
+    scalar = bx.sklearn.LassoHO(cv=3).fit(X, y)
+    weighted = bx.sklearn.LassoHO(cv=3, weighted=True).fit(X, y)
+    assert weighted.alpha_.shape == (X.shape[1],)
+    assert weighted.validation_error_ <= scalar.validation_error_ * (1 + 1e-6)
