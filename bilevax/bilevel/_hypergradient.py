@@ -95,6 +95,9 @@ class HypergradientStats(eqx.Module):
       is none).
     - `inner_failed`: the inner solve reported failure (only `ConstrainedInner`
       reports: infeasible constraints, no convergence, NaN).
+    - `adjoint`: the adjoint vector `v` of `∇²_yy g v = ∇_y f` (implicit only;
+      `None` otherwise), the warm start `adjoint_y0` of the next hypergradient.
+      Not shown in the repr.
 
     Example:
 
@@ -121,6 +124,7 @@ class HypergradientStats(eqx.Module):
     linear_residual: Array
     linear_result: lx.RESULTS
     inner_failed: Array = eqx.field(default_factory=lambda: jnp.array(False))
+    adjoint: PyTree[Array] = None
 
     def __repr__(self):
         fields = {
@@ -146,6 +150,7 @@ def hypergradient(
     data=None,
     *,
     tol: float | Array | None = None,
+    adjoint_y0: PyTree[Array] | None = None,
     throw: bool = True,
 ):
     r"""Solve the inner problem at `x` and return `(F(x), dF/dx, y, stats)`.
@@ -165,6 +170,9 @@ def hypergradient(
       `sample_batch` before calling for a stochastic hypergradient), or `None`.
     - `tol`: implicit only: inner solve to `‖∇_y g‖ <= tol` and adjoint CG to
       relative residual `tol` (default: 1e-10 in float64, 1e-5 in float32).
+    - `adjoint_y0`: implicit only: initial guess of the adjoint vector (a pytree
+      like `y`), e.g. the previous outer step's `stats.adjoint` (HOAG's warm
+      start); used by `bilevax.implicit.CG` and lineax's iterative solvers.
     - `throw`: raise a runtime error when the outer loss, the hypergradient or the
       inner solution is not finite (NaN in the data, a lower level that diverges).
       With `throw=False` they are returned as they are, for the caller to check;
@@ -195,7 +203,7 @@ def hypergradient(
 
     ```
     """
-    out = _hypergradient(problem, x, y0, inner_solver, adjoint, data, tol)
+    out = _hypergradient(problem, x, y0, inner_solver, adjoint, data, tol, adjoint_y0)
     if not throw:
         return out
     finite = tree_all_finite(out[:3])
@@ -215,7 +223,7 @@ def hypergradient(
     )
 
 
-def _hypergradient(problem, x, y0, inner_solver, adjoint, data, tol):
+def _hypergradient(problem, x, y0, inner_solver, adjoint, data, tol, adjoint_y0):
     data = as_data(data)
     check_problem(problem, x, y0, data)
     g = lambda x_, y_: problem.inner(x_, y_, data.inner)
@@ -243,6 +251,7 @@ def _hypergradient(problem, x, y0, inner_solver, adjoint, data, tol):
             grad_y,
             linear_solver=linear_solver,
             tags=condition.tags,
+            options=None if adjoint_y0 is None else {"y0": adjoint_y0},
             throw=False,
         )
         grad = jtu.tree_map(jnp.add, grad_x, ct_x)
@@ -252,6 +261,7 @@ def _hypergradient(problem, x, y0, inner_solver, adjoint, data, tol):
             istats.num_steps,
             istats.residual,
             istats.result,
+            adjoint=istats.solution,
         )
         return value, grad, y, stats
 
