@@ -107,6 +107,9 @@ class HypergradientStats(eqx.Module):
       is none).
     - `inner_failed`: the inner solve reported failure (only `ConstrainedInner`
       reports: infeasible constraints, no convergence, NaN).
+    - `adjoint`: the adjoint vector `v` of `∇²_yy g v = ∇_y f` (implicit only;
+      `None` otherwise), the warm start `adjoint_y0` of the next hypergradient.
+      Not shown in the repr.
 
     Example:
 
@@ -133,6 +136,7 @@ class HypergradientStats(eqx.Module):
     linear_residual: Array
     linear_result: lx.RESULTS
     inner_failed: Array = eqx.field(default_factory=lambda: jnp.array(False))
+    adjoint: PyTree[Array] = None
 
     def __repr__(self):
         fields = {
@@ -158,6 +162,7 @@ def hypergradient(
     data=None,
     *,
     tol: float | Array | None = None,
+    adjoint_y0: PyTree[Array] | None = None,
     throw: bool = True,
 ):
     r"""Solve the inner problem at `x` and return `(F(x), dF/dx, y, stats)`.
@@ -177,6 +182,9 @@ def hypergradient(
       `sample_batch` before calling for a stochastic hypergradient), or `None`.
     - `tol`: implicit only: inner solve to `‖∇_y g‖ <= tol` and adjoint CG to
       relative residual `tol` (default: 1e-10 in float64, 1e-5 in float32).
+    - `adjoint_y0`: implicit only: initial guess of the adjoint vector (a pytree
+      like `y`), e.g. the previous outer step's `stats.adjoint` (HOAG's warm
+      start); used by `bilevax.implicit.CG` and lineax's iterative solvers.
     - `throw`: raise a runtime error when the outer loss, the hypergradient or the
       inner solution is not finite (NaN in the data, a lower level that diverges).
       With `throw=False` they are returned as they are, for the caller to check;
@@ -211,15 +219,17 @@ def hypergradient(
     ```
     """
     return _compiled_hypergradient(
-        problem, x, y0, inner_solver, adjoint, data, tol, throw
+        problem, x, y0, inner_solver, adjoint, data, tol, throw, adjoint_y0
     )
 
 
 # Compiled once per static configuration and shapes: a repeated eager call with
 # the same problem functions reuses the compiled program (inside `jit` it is inlined).
 @eqx.filter_jit
-def _compiled_hypergradient(problem, x, y0, inner_solver, adjoint, data, tol, throw):
-    out = _hypergradient(problem, x, y0, inner_solver, adjoint, data, tol)
+def _compiled_hypergradient(
+    problem, x, y0, inner_solver, adjoint, data, tol, throw, adjoint_y0
+):
+    out = _hypergradient(problem, x, y0, inner_solver, adjoint, data, tol, adjoint_y0)
     if not throw:
         return out
     finite = tree_all_finite(out[:3])
@@ -246,7 +256,7 @@ def _compiled_hypergradient(problem, x, y0, inner_solver, adjoint, data, tol, th
     )
 
 
-def _hypergradient(problem, x, y0, inner_solver, adjoint, data, tol):
+def _hypergradient(problem, x, y0, inner_solver, adjoint, data, tol, adjoint_y0):
     data = as_data(data)
     check_problem(problem, x, y0, data)
     g = lambda x_, y_: problem.inner(x_, y_, data.inner)
@@ -279,6 +289,7 @@ def _hypergradient(problem, x, y0, inner_solver, adjoint, data, tol):
             grad_y,
             linear_solver=linear_solver,
             tags=condition.tags,
+            options=None if adjoint_y0 is None else {"y0": adjoint_y0},
             throw=False,
         )
         grad = jtu.tree_map(jnp.add, grad_x, ct_x)
@@ -288,6 +299,7 @@ def _hypergradient(problem, x, y0, inner_solver, adjoint, data, tol):
             istats.num_steps,
             istats.residual,
             istats.result,
+            adjoint=istats.solution,
         )
         return value, grad, y, stats
 

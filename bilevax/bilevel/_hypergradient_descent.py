@@ -46,6 +46,7 @@ class _HGDState(eqx.Module):
     y: PyTree[Array]
     y0: PyTree[Array]
     opt_state: PyTree
+    adjoint: PyTree[Array]  # the last adjoint vector (zeros before the first)
 
 
 class HypergradientDescent(AbstractBilevelAlgorithm):
@@ -59,8 +60,9 @@ class HypergradientDescent(AbstractBilevelAlgorithm):
       `ConstrainedInner(...)` for a lower level with constraints.
     - `adjoint`: `ImplicitAdjoint(linear_solver)` (default, CG), `UnrolledAdjoint()`
       or `TruncatedAdjoint(K)`.
-    - `warm_start`: start each inner solve from the previous inner solution (True)
-      or from `y0` (False). With many inner solutions the two give different
+    - `warm_start`: start each inner solve from the previous inner solution and
+      each implicit adjoint solve from the previous adjoint vector (True), or from
+      `y0` and zero (False). With many inner solutions the two give different
       hypergradients.
     - `batch_size`: `None` (deterministic, whole data) or the minibatch size of both
       levels (stochastic hypergradients).
@@ -94,7 +96,8 @@ class HypergradientDescent(AbstractBilevelAlgorithm):
     project: Callable | None = None
 
     def init(self, problem, x0, y0, data, key):
-        return _HGDState(x0, y0, y0, self.optimizer.init(x0))
+        zeros = jtu.tree_map(jnp.zeros_like, y0)
+        return _HGDState(x0, y0, y0, self.optimizer.init(x0), zeros)
 
     def iterates(self, state):
         return state.x, state.y
@@ -110,12 +113,14 @@ class HypergradientDescent(AbstractBilevelAlgorithm):
             self.adjoint,
             batch,
             tol=self.tol,
+            adjoint_y0=state.adjoint if self.warm_start else None,
             throw=False,
         )
         updates, opt_state = self.optimizer.update(grad, state.opt_state, state.x)
         x = _project(self.project, optax.apply_updates(state.x, updates))
         info = StepInfo(tree_norm(grad), stats.inner_failed)
-        return _HGDState(x, y, state.y0, opt_state), info
+        adjoint = state.adjoint if stats.adjoint is None else stats.adjoint
+        return _HGDState(x, y, state.y0, opt_state, adjoint), info
 
 
 class _HOAGState(eqx.Module):
@@ -129,6 +134,7 @@ class _HOAGState(eqx.Module):
     prev_eps: Array
     prev_grad: PyTree[Array]
     delta: Array
+    adjoint: PyTree[Array]  # the last adjoint vector (zeros before the first)
 
 
 class HOAG(AbstractBilevelAlgorithm):
@@ -209,6 +215,7 @@ class HOAG(AbstractBilevelAlgorithm):
             prev_eps=jnp.array(self.eps0, dtype),
             prev_grad=jtu.tree_map(jnp.zeros_like, x0),
             delta=jnp.zeros((), dtype),
+            adjoint=jtu.tree_map(jnp.zeros_like, y0),
         )
 
     def iterates(self, state):
@@ -218,7 +225,7 @@ class HOAG(AbstractBilevelAlgorithm):
         # Inner tolerance relative to the first inner gradient's norm, adjoint CG to
         # relative residual ε_k; `state.y` is the inner solution at `prev_x`.
         adjoint = ImplicitAdjoint(CG(rtol=state.eps, max_steps=self.linear_steps))
-        value, grad, y, _ = hypergradient(
+        value, grad, y, stats = hypergradient(
             problem,
             state.x,
             state.y,
@@ -226,6 +233,7 @@ class HOAG(AbstractBilevelAlgorithm):
             adjoint,
             data,
             tol=state.eps * state.inner_scale,
+            adjoint_y0=state.adjoint,  # HOAG's warm start of the adjoint solve
             throw=False,
         )
         first = state.lipschitz < 0
@@ -259,5 +267,6 @@ class HOAG(AbstractBilevelAlgorithm):
             prev_eps=eps_next,
             prev_grad=grad,
             delta=tree_norm(step),
+            adjoint=state.adjoint if stats.adjoint is None else stats.adjoint,
         )
         return new_state, StepInfo(tree_norm(grad))
