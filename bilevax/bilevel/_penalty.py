@@ -367,7 +367,10 @@ class F2SA(_AbstractPenaltyAlgorithm):
 
     - `lambda0 = None`: `Λ = eps^{-1/4} ℓ_f / μ_g` (the bias `O(ℓ_f / (λ μ_g))` of
       `y_λ` is `eps^{1/4}` relative, 1e-4 in float64, 2e-2 in float32; `ℓ_f/μ_g`
-      capped at `eps^{-1/4}`); `lambda_growth = None`: `Λ`, so `λ_k = Λ (1 + k^p)`.
+      capped at `eps^{-1/4}`; `10 ℓ_f / μ_g` with minibatches, whose noise `λ`
+      multiplies); `lambda_growth = None`: `Λ`, so `λ_k = Λ (1 + k^p)`. With
+      minibatches, `ℓ_f` and `ℓ_g` are the largest of the whole data's and of four
+      sampled minibatches'.
     - `lr_outer = None`: `β_k = s (k+1)^(-a) / L_h`, with `L_h` re-estimated at
       `(x, z)` whenever `x` has moved more than half of `‖x‖ + ‖x_ref‖` from the
       last estimate `x_ref`, and a safeguard `s` (1 at the start) halved whenever
@@ -469,7 +472,8 @@ class PenaltyMethod(_AbstractPenaltyAlgorithm):
     lower-level solution at `x0`, constants estimated there):
 
     - `gamma_max = None`: `eps^{-1/4} ℓ_f / μ_g` (the relative bias of `y_σ` is
-      `eps^{1/4}`); `gamma0 = None`: `gamma_max` (no ramp: with `y = z = z*(x0)`
+      `eps^{1/4}`; `10 ℓ_f / μ_g` with minibatches, whose noise `γ` multiplies);
+      `gamma0 = None`: `gamma_max` (no ramp: with `y = z = z*(x0)`
       the direction is bounded from the first step).
     - `lr_outer = None`: `s / L_h`, `L_h` the Gauss-Newton smoothness of
       `h(x) = f(x, y*(x))`, re-estimated when `x` moves far, `s` the halving
