@@ -17,9 +17,10 @@ data, with Hessian-vector products and conjugate-gradient solves (no matrices):
 - `tracking_steps(lip_g, mu_g, rate)`: inner gradient steps per outer step
   for trackers of `y*(x)` (`κ_g / rate`, clipped to `[10, 1000]`).
 - `estimate(problem, x, y, data) -> Constants`: all of them.
-- `penalty_scale(lip_f, mu_g, dtype)`: the value-function penalty `λ` whose bias
-  `O(ℓ_f / (λ μ_g))` is below the dtype's `eps^{1/4}` (about 1e-4 in float64,
-  2e-2 in float32), capped so that `λ (y - z)` keeps digits.
+- `penalty_scale(lip_f, mu_g, dtype, stochastic)`: the value-function penalty
+  `λ` whose bias `O(ℓ_f / (λ μ_g))` is below the dtype's `eps^{1/4}` (about 1e-4
+  in float64, 2e-2 in float32), capped so that `λ (y - z)` keeps digits; 10
+  `ℓ_f / μ_g` with minibatches.
 
 Estimates from power iteration approach the largest eigenvalues from below, so
 `top_eigenvalue` adds a 5% margin. All results are floored at a tiny positive
@@ -158,14 +159,17 @@ def estimate(problem: BilevelProblem, x, y, data: BilevelData) -> Constants:
     )
 
 
-def penalty_scale(lip_f: Array, mu_g: Array, dtype) -> Array:
-    """`λ = eps^{-1/4} max(ℓ_f, μ_g) / μ_g` for the value-function penalty: the
-    relative bias `ℓ_f / (λ μ_g)` of `y_λ` is `eps^{1/4}` (1e-4 in float64, 2e-2 in
-    float32); the ratio `ℓ_f / μ_g` is capped at `eps^{-1/4}` so that `λ eps` stays
-    small enough for `λ (y - z)` to keep digits."""
+def penalty_scale(lip_f: Array, mu_g: Array, dtype, stochastic=False) -> Array:
+    """`λ = C max(ℓ_f, μ_g) / μ_g` for the value-function penalty, `C =
+    eps^{-1/4}`: the relative bias `ℓ_f / (λ μ_g)` of `y_λ` is `eps^{1/4}` (1e-4 in
+    float64, 2e-2 in float32); the ratio `ℓ_f / μ_g` is capped at `eps^{-1/4}` so
+    that `λ eps` stays small enough for `λ (y - z)` to keep digits. With
+    minibatches (`stochastic`) `C = 10`: `λ` multiplies the noise of `y - z`, and
+    the neighbourhood reached is dominated by the noise, not by a bias of 10%."""
     eps = jnp.finfo(dtype).eps
     ratio = jnp.maximum(lip_f, mu_g) / mu_g
-    return eps ** (-0.25) * jnp.minimum(ratio, eps ** (-0.25))
+    scale = 10.0 if stochastic else eps ** (-0.25)
+    return scale * jnp.minimum(ratio, eps ** (-0.25))
 
 
 def tracking_steps(lip_g: Array, mu_g: Array, rate: float, low=10, high=1000) -> Array:

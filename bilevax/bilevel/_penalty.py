@@ -172,14 +172,17 @@ class _AbstractPenaltyAlgorithm(AbstractBilevelAlgorithm):
         dtype = jnp.result_type(*jtu.tree_leaves(x0))
         # `z` starts at the lower-level solution, `y` there too (`y_λ - z* = O(1/λ)`)
         z0 = _solve_inner(problem, x0, y0, data)
-        lip_f = smoothness(lambda y: problem.outer(x0, y, data.outer), z0)
-        lip_g = smoothness(lambda y: problem.inner(x0, y, data.inner), z0)
+        k_f, k_g = jax.random.split(jax.random.key(0) if key is None else key)
+        lip_f = self._smoothness(problem.outer, x0, z0, data.outer, k_f)
+        lip_g = self._smoothness(problem.inner, x0, z0, data.inner, k_g)
         penalty = self._user_penalty()
         steps = self._inner_steps()
         if penalty is None or None in steps:
             mu_g = _constants.strong_convexity_y(problem.inner, x0, z0, data.inner)
         if penalty is None:
-            penalty = _constants.penalty_scale(lip_f, mu_g, dtype)
+            penalty = _constants.penalty_scale(
+                lip_f, mu_g, dtype, stochastic=self.batch_size is not None
+            )
         if None in steps:
             tracking = _constants.tracking_steps(lip_g, mu_g, self.lr_inner)
             steps = [tracking if t is None else jnp.asarray(t) for t in steps]
@@ -203,6 +206,17 @@ class _AbstractPenaltyAlgorithm(AbstractBilevelAlgorithm):
             jnp.asarray(penalty, dtype),
             *(jnp.asarray(t) for t in steps),
             guard,
+        )
+
+    def _smoothness(self, fn, x, y, level_data, key):
+        """`ℓ` of `fn(x, ·)` on the whole data, and with minibatches the largest of
+        it and of four minibatches' (a batch can be stiffer than the whole)."""
+        batches = [level_data]
+        if self.batch_size is not None and level_data is not None:
+            keys = jax.random.split(key, 4)
+            batches += [sample_batch(level_data, k, self.batch_size) for k in keys]
+        return jnp.max(
+            jnp.stack([smoothness(lambda y_, b=b: fn(x, y_, b), y) for b in batches])
         )
 
     def iterates(self, state):
@@ -353,7 +367,10 @@ class F2SA(_AbstractPenaltyAlgorithm):
 
     - `lambda0 = None`: `Λ = eps^{-1/4} ℓ_f / μ_g` (the bias `O(ℓ_f / (λ μ_g))` of
       `y_λ` is `eps^{1/4}` relative, 1e-4 in float64, 2e-2 in float32; `ℓ_f/μ_g`
-      capped at `eps^{-1/4}`); `lambda_growth = None`: `Λ`, so `λ_k = Λ (1 + k^p)`.
+      capped at `eps^{-1/4}`; `10 ℓ_f / μ_g` with minibatches, whose noise `λ`
+      multiplies); `lambda_growth = None`: `Λ`, so `λ_k = Λ (1 + k^p)`. With
+      minibatches, `ℓ_f` and `ℓ_g` are the largest of the whole data's and of four
+      sampled minibatches'.
     - `lr_outer = None`: `β_k = s (k+1)^(-a) / L_h`, with `L_h` re-estimated at
       `(x, z)` whenever `x` has moved more than half of `‖x‖ + ‖x_ref‖` from the
       last estimate `x_ref`, and a safeguard `s` (1 at the start) halved whenever
@@ -455,7 +472,8 @@ class PenaltyMethod(_AbstractPenaltyAlgorithm):
     lower-level solution at `x0`, constants estimated there):
 
     - `gamma_max = None`: `eps^{-1/4} ℓ_f / μ_g` (the relative bias of `y_σ` is
-      `eps^{1/4}`); `gamma0 = None`: `gamma_max` (no ramp: with `y = z = z*(x0)`
+      `eps^{1/4}`; `10 ℓ_f / μ_g` with minibatches, whose noise `γ` multiplies);
+      `gamma0 = None`: `gamma_max` (no ramp: with `y = z = z*(x0)`
       the direction is bounded from the first step).
     - `lr_outer = None`: `s / L_h`, `L_h` the Gauss-Newton smoothness of
       `h(x) = f(x, y*(x))`, re-estimated when `x` moves far, `s` the halving
