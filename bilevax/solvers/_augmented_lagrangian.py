@@ -270,7 +270,8 @@ class AugmentedLagrangian(eqx.Module):
         )
         infeasible = (s.rho > self.rho_max) & (s.infeasibility > tol)
         result = RESULTS.where(infeasible, RESULTS.infeasible, result)
-        finite = jnp.isfinite(s.kkt) & jnp.all(jnp.isfinite(s.y))
+        finite = jnp.isfinite(s.kkt) & jnp.isfinite(s.stop) & jnp.all(jnp.isfinite(s.y))
+        finite = finite & jnp.isfinite(scaled.f(s.y)) & jnp.isfinite(s.rho)
         result = RESULTS.where(finite, result, RESULTS.nonfinite)
         multipliers = {}
         if problem.eq is not None:

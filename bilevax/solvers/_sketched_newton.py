@@ -34,6 +34,14 @@ from ._problem import RESULTS, ConstrainedProblem, ConstrainedSolution
 from .sketch import AbstractSketchSolver, RandomizedKaczmarz
 
 
+def _with_accuracy(solver: lx.AbstractLinearSolver, rtol):
+    """A sketching solver with its `rtol` set to the adaptive accuracy; a direct
+    solver (`lineax.LU()`) as it is."""
+    if isinstance(solver, AbstractSketchSolver):
+        return eqx.tree_at(lambda sv: sv.rtol, solver, rtol)
+    return solver
+
+
 def _damped_bfgs(B: Array, s: Array, r: Array) -> Array:
     """BFGS update of `B` from the step `s` and gradient change `r`, with Powell's
     damping (`r` pulled towards `Bs` until `sᵀr >= 0.2 sᵀBs`)."""
@@ -72,7 +80,16 @@ class SketchedNewton(eqx.Module):
 
     - `linear_solver`: a sketching solver (`RandomizedKaczmarz()` by default,
       `GaussianSketch(...)`, `SketchAndProject(...)`); its `rtol` is replaced by
-      the adaptive accuracy, its `max_steps` caps each solve.
+      the adaptive accuracy, its `max_steps` caps each solve. Or a direct lineax
+      solver (`lineax.LU()`): one dense solve of the KKT system per step, the
+      fastest choice for small problems.
+
+    A rank-deficient or ill-conditioned constraint Jacobian (`λ_min(GGᵀ) <
+    1e-2`, e.g. redundant constraints) does not stop the method: the constraint
+    block of the KKT matrix is regularised by `-γI`, `γ = min(1, KKT residual)`
+    (Levenberg-Marquardt / stabilised SQP). `RESULTS.singular` is kept for
+    inconsistent linearisations, where even the regularised step makes no
+    progress.
     - `tol` (1e-4): KKT residual `‖(∇_y L, c)‖₂` at which to stop.
     - `max_steps` (10,000): Newton iterations.
     - `eta1` (1), `eta2` (0.1), `delta` (0.1): initial merit and accuracy
@@ -104,7 +121,7 @@ class SketchedNewton(eqx.Module):
     ```
     """
 
-    linear_solver: AbstractSketchSolver = RandomizedKaczmarz(max_steps=100_000)
+    linear_solver: lx.AbstractLinearSolver = RandomizedKaczmarz(max_steps=100_000)
     tol: float = 1e-4
     max_steps: int = 10_000
     eta1: float = 1.0
@@ -164,6 +181,12 @@ class SketchedNewton(eqx.Module):
             G = jac_c(y)
             H = hess_l(y, lam) if self.hessian == "exact" else s.hessian
             xi_g = jnp.linalg.eigvalsh(G @ G.T)[0]
+            # rank-deficient or ill-conditioned G: a Levenberg-Marquardt
+            # (stabilised SQP) regularisation -γI of the constraint block, γ of the
+            # order of the KKT residual, so that the step exists and the fast local
+            # convergence is kept
+            deficient = xi_g < 1e-2
+            gamma = jnp.where(deficient, jnp.minimum(1.0, kkt_residual(s)), 0.0)
             Q, _ = jnp.linalg.qr(G.T, mode="complete")
             Z = Q[:, m:]
             reduced_min = jnp.linalg.eigvalsh(Z.T @ H @ Z)[0] if n > m else jnp.inf
@@ -176,10 +199,13 @@ class SketchedNewton(eqx.Module):
             psi = (
                 20.0
                 * jnp.maximum(jnp.linalg.norm(B, 2) ** 2, 1.0)
-                / (jnp.minimum(xi_g, 1.0) * jnp.minimum(self.xi_b, 1.0))
+                / (
+                    jnp.minimum(jnp.maximum(xi_g, 1e-2), 1.0)
+                    * jnp.minimum(self.xi_b, 1.0)
+                )
             )
             upsilon = jnp.maximum(jnp.maximum(jnp.linalg.norm(G, 2), norm_h), 1.0)
-            K = jnp.block([[B, G.T], [G, jnp.zeros((m, m), dtype)]])
+            K = jnp.block([[B, G.T], [G, -gamma * jnp.eye(m, dtype=dtype)]])
             norm_k = jnp.linalg.norm(K, 2)
             b = -jnp.concatenate([gl, cy])
             operator = lx.MatrixLinearOperator(K)
@@ -190,10 +216,8 @@ class SketchedNewton(eqx.Module):
                 )
 
             def solve(eta1, eta2, delta, k):
-                solver = eqx.tree_at(
-                    lambda sv: sv.rtol,
-                    self.linear_solver,
-                    self.theta * delta / (norm_k * psi),
+                solver = _with_accuracy(
+                    self.linear_solver, self.theta * delta / (norm_k * psi)
                 )
                 sol = lx.linear_solve(
                     operator, b, solver, options={"key": k}, throw=False
@@ -201,7 +225,7 @@ class SketchedNewton(eqx.Module):
                 d = sol.value
                 gy, glam = merit_grad(y, lam, eta1, eta2)
                 slope = gy @ d[:n] + glam @ d[n:]
-                return d, slope, sol.stats["num_steps"]
+                return d, slope, sol.stats.get("num_steps", jnp.array(1))
 
             delta0 = jnp.maximum(
                 1e-6, jnp.minimum(s.delta, delta_trial(s.eta1, s.eta2))
@@ -238,7 +262,9 @@ class SketchedNewton(eqx.Module):
             alpha = jax.lax.while_loop(
                 armijo_fails, lambda a: 0.5 * a, jnp.array(1.0, dtype)
             )
-            singular = xi_g < 1e-2  # stop here, as the paper's code does
+            # no step along a regularised direction: the linearisation is
+            # inconsistent (e.g. contradictory constraints)
+            singular = deficient & (alpha <= 1e-12)
             y_new = jnp.where(singular, y, y + alpha * d[:n])
             lam_new = jnp.where(singular, lam, lam + alpha * d[n:])
             gl_new = grad_l(y_new, lam_new)

@@ -4,6 +4,8 @@ solutions, derivatives through the KKT conditions (finite differences, jaxopt's
 
 import jax
 import jax.numpy as jnp
+import lineax as lx
+import numpy as np
 import pytest
 
 import bilevax as bx
@@ -125,15 +127,25 @@ def test_vmap_over_a_batch_of_problems():
     assert bool(jnp.all(batched.result == S.RESULTS.successful))
 
 
-def test_redundant_constraints_are_reported_singular():
-    problem = S.ConstrainedProblem(
-        lambda y, a: jnp.sum(y**2),
-        eq=lambda y, a: jnp.array([y[0] + y[1] - 1, 2 * y[0] + 2 * y[1] - 2]),
+@pytest.mark.parametrize("direct", [False, True])
+def test_redundant_constraints_are_solved_inconsistent_ones_singular(direct):
+    solver = S.SketchedNewton(linear_solver=lx.LU()) if direct else S.SketchedNewton()
+    f = lambda y, a: jnp.sum((y - a) ** 2)
+    redundant = S.ConstrainedProblem(
+        f, eq=lambda y, a: jnp.array([y[0] + y[1] - 1, 2 * y[0] + 2 * y[1] - 2])
     )
-    sol = S.minimize(problem, jnp.zeros(2), None, throw=False)
+    solve = lambda a: S.minimize(redundant, jnp.zeros(2), a, solver).y
+    a = jnp.array([1.0, 2.0])
+    np.testing.assert_allclose(solve(a), [0.0, 1.0], atol=1e-6)
+    projector = jnp.array([[0.5, -0.5], [-0.5, 0.5]])
+    np.testing.assert_allclose(jax.jacobian(solve)(a), projector, atol=1e-8)
+    inconsistent = S.ConstrainedProblem(
+        f, eq=lambda y, a: jnp.array([y[0] + y[1] - 1, y[0] + y[1] - 2])
+    )
+    sol = S.minimize(inconsistent, jnp.zeros(2), a, solver, throw=False)
     assert sol.result == S.RESULTS.singular
     with pytest.raises(Exception, match="RESULTS.singular"):
-        jax.block_until_ready(S.minimize(problem, jnp.zeros(2), None).y)
+        jax.block_until_ready(S.minimize(inconsistent, jnp.zeros(2), a, solver).y)
 
 
 def test_nan_is_reported():
