@@ -102,7 +102,7 @@ def statuses(status) -> np.ndarray:
     >>> print(runs.result)
     [successful, diverged, successful]
     >>> names = bx.statuses(runs)
-    >>> print(names[1], list(names))
+    >>> print(names[1], names.tolist())
     diverged ['successful', 'diverged', 'successful']
     >>> print(jnp.flatnonzero(runs.result != bx.bilevel.RESULTS.successful))
     [1]
