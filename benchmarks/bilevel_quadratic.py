@@ -18,8 +18,12 @@ two batch gradients per oracle (3 inner steps on z and on y, then the x
 direction) plus three full gradients per pass over the data. Wall time (compile
 apart) is the fair comparison.
 
+SOBA, SABA, MA-SOBA, BOME and BO-REP run with batch 64 and their defaults;
+MAID, like HOAG, on the whole data.
+
 Run: python benchmarks/bilevel_quadratic.py [--config default|paper|both]
-     [--steps 3000] [--seed 2442] [--out outputs]   (also saves the curves)
+     [--steps 3000] [--seed 2442] [--out outputs] [--only SOBA,SABA]
+     (also saves the curves)
 """
 
 import argparse
@@ -138,6 +142,9 @@ def main():
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=2442)
     parser.add_argument("--out", default="outputs")
+    parser.add_argument(
+        "--only", default="", help="comma-separated name filters, e.g. 'SOBA,SABA'"
+    )
     args = parser.parse_args()
     print(
         f"bilevax {bx.__version__}, jax {jax.__version__}, "
@@ -202,7 +209,21 @@ def main():
                 batch_size=b,
                 variance_reduction="svrg",
             ),
+            # the single-loop family and the adaptive methods, with their
+            # defaults (steps from constants they estimate at the start)
+            f"SOBA, batch {b}": bx.bilevel.SOBA(batch_size=b),
+            f"SABA, batch {b}": bx.bilevel.SABA(batch_size=b),
+            f"MA-SOBA, batch {b}": bx.bilevel.MASOBA(batch_size=b),
+            f"BOME, batch {b}": bx.bilevel.BOME(batch_size=b),
+            f"BO-REP, batch {b}": bx.bilevel.BOREP(batch_size=b),
+            "MAID (deterministic)": bx.bilevel.MAID(inner_steps=2000),
         }
+        if args.only:
+            algorithms = {
+                k: v
+                for k, v in algorithms.items()
+                if any(word.lower() in k.lower() for word in args.only.split(","))
+            }
         x0j, z0 = jnp.asarray(x0, jnp.float32), jnp.zeros(c["dz"], jnp.float32)
         results = [
             run_one(name, alg, problem, x0j, z0, data, steps, args.record_every, metric)

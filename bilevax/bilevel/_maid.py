@@ -51,7 +51,7 @@ class MAID(AbstractBilevelAlgorithm):
        value `f̃ = f(x, ỹ)`. The value's error is at most
        `ω(x) = ‖∇_y f(x, ỹ)‖ e + ℓ_f e²/2`.
     2. Backtracking: for `α = β, β ρ, β ρ², …` (at most `J = max_backtracks ·
-       (1 + consecutive failures)` trials, as MAID's code), solve
+       (1 + min(consecutive failures, 3))` trials, as MAID's code's retries), solve
        the lower level at `x⁺ = x - α p` (from `ỹ`, same accuracy) and accept the
        first step with the sufficient decrease that still holds for the exact
        values:
@@ -168,7 +168,10 @@ class MAID(AbstractBilevelAlgorithm):
             return j + 1, ok, x_new, y_new
 
         j, ok, x_new, y_new = jax.lax.while_loop(
-            lambda c: ~c[1] & (c[0] < self.max_backtracks * (1 + state.failures)),
+            lambda c: (
+                ~c[1]
+                & (c[0] < self.max_backtracks * (1 + jnp.minimum(state.failures, 3)))
+            ),
             trial,
             (jnp.array(0), jnp.array(False), state.x, y),
         )

@@ -114,6 +114,11 @@ class SABA(AbstractBilevelAlgorithm):
     outer_step: float | None = None
     batch_size: int | None = None
 
+    def __check_init__(self):
+        b = self.batch_size
+        if b is not None and (not isinstance(b, int) or isinstance(b, bool) or b < 1):
+            raise TypeError(f"`batch_size` must be a positive int or None, got {b!r}.")
+
     def init(self, problem, x0, y0, data: BilevelData, key):
         rho, gamma = self.inner_step, self.outer_step
         if rho is None or gamma is None:

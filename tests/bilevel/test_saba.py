@@ -43,3 +43,14 @@ def test_reaches_1e_6_of_the_squared_hypergradient():
     saba = bx.bilevel.SABA(batch_size=32)
     res = jax.jit(lambda: saba.run(Q.problem, Q.x0, Q.y0, Q.data, num_steps=4000))()
     assert Q.grad_norm_ratio(res.x) ** 2 <= 1e-6
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(TypeError, match="batch_size"):
+        bx.bilevel.SABA(batch_size=0)
+    with pytest.raises(ValueError, match="averaging"):
+        bx.bilevel.MASOBA(averaging=1.5)
+    with pytest.raises(ValueError, match="momentum"):
+        bx.bilevel.BOREP(momentum=1.0)
+    with pytest.raises(ValueError, match="backtrack"):
+        bx.bilevel.MAID(backtrack=1.5)
