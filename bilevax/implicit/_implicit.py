@@ -162,6 +162,15 @@ _TRANSPOSED_TAGS = {
 }
 
 
+@eqx.filter_jit  # compiled even when called eagerly, so that a failure raises as
+def _checked_solve(linear_solver, operator, vector, throw: bool):  # a RuntimeError
+    state = linear_solver.init(operator, {})
+    x, result, _ = linear_solver.compute(state, vector, {})
+    if throw:
+        x = result.error_if(x, result != lx.RESULTS.successful)
+    return x
+
+
 def _linear_solve(operator, vector, tags, linear_solver, throw: bool):
     """`A⁻¹ b` for the JVP rule, as `jax.lax.custom_linear_solve`.
 
@@ -176,11 +185,7 @@ def _linear_solve(operator, vector, tags, linear_solver, throw: bool):
     def solve_with(tags_):
         def solve(matvec, b):
             op = lx.FunctionLinearOperator(matvec, struct, tags_)
-            state = linear_solver.init(op, {})
-            x, result, _ = linear_solver.compute(state, b, {})
-            if throw:
-                x = result.error_if(x, result != lx.RESULTS.successful)
-            return x
+            return _checked_solve(linear_solver, op, b, throw)
 
         return solve
 
