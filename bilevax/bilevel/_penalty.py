@@ -382,10 +382,11 @@ class F2SA(_AbstractPenaltyAlgorithm):
       minibatches, `ℓ_f` and `ℓ_g` are the largest of the whole data's and of four
       sampled minibatches'.
     - `lr_outer = None`: `β_k = s (k+1)^(-a) / L_h`, with `L_h` (and `ℓ_f`, `ℓ_g`
-      of the inner steps) re-estimated at `(x, z)` whenever `x` has moved more than half of `‖x‖ + ‖x_ref‖` from the
-      last estimate `x_ref`, and a safeguard `s` (1 at the start) halved whenever
-      the direction's norm exceeds ten times the smallest seen since the last
-      halving (a step too long for the curvature makes it grow).
+      of the inner steps) re-estimated at `(x, z)` whenever `x` has moved more
+      than half of `‖x‖ + ‖x_ref‖` from the last estimate `x_ref`, and a
+      safeguard `s` (1 at the start) halved whenever the direction's norm
+      exceeds ten times the smallest seen since the last halving (a step too
+      long for the curvature makes it grow).
     - `inner_steps = None`: `κ_g / lr_inner` gradient steps (one contraction of
       the tracking error by `1/e`, `κ_g = ℓ_g / μ_g`), clipped to `[10, 1000]`.
     - `noise = None`: `"none"` without minibatches, `"both"` with them.
