@@ -237,17 +237,26 @@ class _AbstractPenaltyAlgorithm(AbstractBilevelAlgorithm):
         x = _axpy(-eta * scale / guard.lip_h, d, x)
         return x, opt_state, _Guard(guard.lip_h, guard.x_ref, scale, best)
 
-    def _refresh(self, problem, guard, x, z, data):
-        """Re-estimate `L_h` at `(x, z)` once `x` is far from the last estimate."""
+    def _refresh(self, problem, state, x, z, data, key):
+        """`(ℓ_f, ℓ_g, guard)`: `L_h`, `ℓ_f`, `ℓ_g` re-estimated at `(x, z)` once `x`
+        is far from the point of the last estimate (the curvature of both levels
+        may change with `x`, e.g. a regularisation strength `exp(x)`)."""
+        guard = state.guard
         moved = tree_norm(jtu.tree_map(jnp.subtract, x, guard.x_ref))
         far = moved > 0.5 * (tree_norm(x) + tree_norm(guard.x_ref))
-        lip_h = jax.lax.cond(
-            far,
-            lambda: _constants.outer_smoothness(problem, x, z, data),
-            lambda: guard.lip_h,
-        )
+        k_f, k_g = jax.random.split(key)
+
+        def estimate():
+            return (
+                self._smoothness(problem.outer, x, z, data.outer, k_f),
+                self._smoothness(problem.inner, x, z, data.inner, k_g),
+                _constants.outer_smoothness(problem, x, z, data),
+            )
+
+        old = (state.lip_f, state.lip_g, guard.lip_h)
+        lip_f, lip_g, lip_h = jax.lax.cond(far, estimate, lambda: old)
         x_ref = jtu.tree_map(lambda a, b: jnp.where(far, a, b), x, guard.x_ref)
-        return _Guard(lip_h, x_ref, guard.scale, guard.best)
+        return lip_f, lip_g, _Guard(lip_h, x_ref, guard.scale, guard.best)
 
     def step(self, problem, state: _PenaltyState, data: BilevelData, key: Array):
         """One outer step of the value-function penalty method (see module docs)."""
@@ -304,14 +313,15 @@ class _AbstractPenaltyAlgorithm(AbstractBilevelAlgorithm):
         )
         x, opt_state, guard = self._x_update(state, d, eta_x)
         x = self._project(x)
+        lip_f, lip_g = state.lip_f, state.lip_g
         if self._derives_step():
-            guard = self._refresh(problem, guard, x, z, data)
+            lip_f, lip_g, guard = self._refresh(problem, state, x, z, data, key_x)
         new = _PenaltyState(
             x,
             y,
             z,
-            state.lip_f,
-            state.lip_g,
+            lip_f,
+            lip_g,
             opt_state,
             state.k + 1,
             anchor,
@@ -371,11 +381,12 @@ class F2SA(_AbstractPenaltyAlgorithm):
       multiplies); `lambda_growth = None`: `Λ`, so `λ_k = Λ (1 + k^p)`. With
       minibatches, `ℓ_f` and `ℓ_g` are the largest of the whole data's and of four
       sampled minibatches'.
-    - `lr_outer = None`: `β_k = s (k+1)^(-a) / L_h`, with `L_h` re-estimated at
-      `(x, z)` whenever `x` has moved more than half of `‖x‖ + ‖x_ref‖` from the
-      last estimate `x_ref`, and a safeguard `s` (1 at the start) halved whenever
-      the direction's norm exceeds ten times the smallest seen since the last
-      halving (a step too long for the curvature makes it grow).
+    - `lr_outer = None`: `β_k = s (k+1)^(-a) / L_h`, with `L_h` (and `ℓ_f`, `ℓ_g`
+      of the inner steps) re-estimated at `(x, z)` whenever `x` has moved more
+      than half of `‖x‖ + ‖x_ref‖` from the last estimate `x_ref`, and a
+      safeguard `s` (1 at the start) halved whenever the direction's norm
+      exceeds ten times the smallest seen since the last halving (a step too
+      long for the curvature makes it grow).
     - `inner_steps = None`: `κ_g / lr_inner` gradient steps (one contraction of
       the tracking error by `1/e`, `κ_g = ℓ_g / μ_g`), clipped to `[10, 1000]`.
     - `noise = None`: `"none"` without minibatches, `"both"` with them.
