@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import lineax as lx
 from jaxtyping import Array, PRNGKeyArray
 
+from ._linesearch import backtrack
 from ._problem import RESULTS, ConstrainedProblem, ConstrainedSolution
 from .sketch import AbstractSketchSolver, RandomizedKaczmarz
 
@@ -254,17 +255,14 @@ class SketchedNewton(eqx.Module):
             )
             m0 = merit(y, lam, eta1, eta2)
 
-            def armijo_fails(alpha):
+            def accept(alpha):
                 trial = merit(y + alpha * d[:n], lam + alpha * d[n:], eta1, eta2)
-                ok = trial <= m0 + alpha * self.beta * slope
-                return ~ok & (alpha > 1e-12)
+                return trial <= m0 + alpha * self.beta * slope, None
 
-            alpha = jax.lax.while_loop(
-                armijo_fails, lambda a: 0.5 * a, jnp.array(1.0, dtype)
-            )
+            alpha, found, _ = backtrack(accept, dtype, min_step=1e-12)
             # no step along a regularised direction: the linearisation is
             # inconsistent (e.g. contradictory constraints)
-            singular = deficient & (alpha <= 1e-12)
+            singular = deficient & ~found
             y_new = jnp.where(singular, y, y + alpha * d[:n])
             lam_new = jnp.where(singular, lam, lam + alpha * d[n:])
             gl_new = grad_l(y_new, lam_new)
