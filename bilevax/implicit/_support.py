@@ -139,11 +139,14 @@ def _restricted_operator(prox_jvp, step_jvp, mask):
     return operator
 
 
-def _linearised(objective, prox, stepsize, y_flat, unravel, prox_params, args):
-    def step(y_):
-        grad = jax.grad(objective)(unravel(y_), *args)
-        return y_ - stepsize * ravel_pytree(grad)[0]
+def _gradient_step(objective, stepsize, unravel, y_flat, args):
+    """`y - η ∇f(y, *args)` on the flattened `y`."""
+    grad = jax.grad(objective)(unravel(y_flat), *args)
+    return y_flat - stepsize * ravel_pytree(grad)[0]
 
+
+def _linearised(objective, prox, stepsize, y_flat, unravel, prox_params, args):
+    step = lambda y_: _gradient_step(objective, stepsize, unravel, y_, args)
     v, step_jvp = jax.linearize(step, y_flat)
     prox_flat = lambda v_: ravel_pytree(prox(unravel(v_), prox_params, stepsize))[0]
     _, prox_jvp = jax.linearize(prox_flat, v)
@@ -220,12 +223,8 @@ def support_vjp(
 
     def condition(params):
         theta, args_ = params
-        v_ = step_fn(y_flat, args_)
+        v_ = _gradient_step(objective, stepsize, unravel, y_flat, args_)
         return ravel_pytree(prox(unravel(v_), theta, stepsize))[0] - y_flat
-
-    def step_fn(y_, args_):
-        grad = jax.grad(objective)(unravel(y_), *args_)
-        return y_ - stepsize * ravel_pytree(grad)[0]
 
     _, vjp = jax.vjp(condition, (prox_params, tuple(args)))
     (cts,) = vjp(-q)
