@@ -171,6 +171,19 @@ def _checked_solve(linear_solver, operator, vector, throw: bool):  # a RuntimeEr
     return x
 
 
+def _all_linear(tree):
+    """`tree` unchanged in value, with every leaf linear in the tangents.
+
+    JAX's transpose of `custom_linear_solve` requires every leaf of the right-hand
+    side to be linear (it asserts so); a leaf that `∂F/∂θ` does not reach (e.g. the
+    multipliers' block of KKT conditions for a tangent of the objective only) is a
+    constant zero. Adding `0·Σ b`, linear as soon as one leaf is, to every leaf
+    makes them all linear.
+    """
+    zero = 0 * sum(jnp.sum(leaf) for leaf in jtu.tree_leaves(tree))
+    return jtu.tree_map(lambda leaf: leaf + zero.astype(leaf.dtype), tree)
+
+
 def _linear_solve(operator, vector, tags, linear_solver, throw: bool):
     """`A⁻¹ b` for the JVP rule, as `jax.lax.custom_linear_solve`.
 
@@ -193,7 +206,7 @@ def _linear_solve(operator, vector, tags, linear_solver, throw: bool):
     transposed = frozenset(_TRANSPOSED_TAGS.get(tag, tag) for tag in tags)
     return jax.lax.custom_linear_solve(
         operator.mv,
-        vector,
+        _all_linear(vector),
         solve_with(tags),
         None if symmetric else solve_with(transposed),
         symmetric=symmetric,

@@ -200,8 +200,10 @@ class CG(lx.AbstractLinearSolver):
     [0.0909 0.6364] 2
     >>> jacobi = lx.DiagonalLinearOperator(1 / jnp.diag(A))
     >>> warm = {"y0": jnp.array([0.09, 0.64]), "preconditioner": jacobi}
-    >>> lx.linear_solve(operator, jnp.array([1.0, 2.0]), CG(1e-6), options=warm).value
-    Array([0.09090909, 0.6363636 ], dtype=float32)
+    >>> b = jnp.array([1.0, 2.0])
+    >>> solution = lx.linear_solve(operator, b, CG(1e-6), options=warm)
+    >>> print(solution.value.round(4))
+    [0.0909 0.6364]
 
     ```
     """
@@ -390,7 +392,7 @@ def default_linear_solver(tags: frozenset, dtype, size: int) -> lx.AbstractLinea
     >>> from bilevax.implicit import default_linear_solver
     >>> spd = frozenset({lx.symmetric_tag, lx.positive_semidefinite_tag})
     >>> default_linear_solver(spd, jnp.float32, 2)
-    CG(rtol=1e-05, atol=0.0, max_steps=100, preconditioner=None)
+    CG(rtol=1e-05, max_steps=100)
     >>> default_linear_solver(frozenset(), jnp.float32, 2)
     GMRES(rtol=1e-05, atol=1e-05, max_steps=100)
 
