@@ -49,6 +49,7 @@ def _close(a, b, rtol, what):
 
 
 def _fd_grad(loss, args, i, eps):
+    loss = jax.jit(loss)
     flat, unravel = ravel_pytree(args[i])
     flat = np.asarray(flat, np.float64)
     out = np.zeros_like(flat)

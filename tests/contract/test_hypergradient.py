@@ -54,7 +54,11 @@ _COMBOS = {
 }
 
 
-@pytest.mark.parametrize("combo", list(_COMBOS))
+@pytest.mark.parametrize(
+    "combo",
+    ["gd-implicit"]
+    + [pytest.param(c, marks=pytest.mark.slow) for c in list(_COMBOS)[1:]],
+)
 def test_hypergradient_contract(combo):
     inner, adjoint, exact = _COMBOS[combo]
     problem = _problem(combo.startswith("constrained"))
