@@ -23,7 +23,9 @@ def _rel(p, algorithm, steps):
     return p.rel_subopt(result.x)
 
 
-@pytest.mark.parametrize("name", ["F2SA", "PenaltyMethod"])
+@pytest.mark.parametrize(
+    "name", [pytest.param("F2SA", marks=pytest.mark.slow), "PenaltyMethod"]
+)
 def test_issue_quadratic_with_defaults(name):
     """The issue's 31×31 instance, where the old defaults diverged (penalty) or
     stalled 15% away (F2SA)."""
@@ -36,6 +38,7 @@ def test_lvhba_box_toy_with_defaults():
     assert _rel(p, B.LVHBA(**p.lvhba), 500) <= 1e-3
 
 
+@pytest.mark.slow
 def test_constants_match_dense_eigenvalues():
     p = _suite.quadratic("q", 4, 12, 3.0, 50.0, 0.1)
     H = jax.hessian(lambda y: p.problem.inner(p.x0, y, None))(p.y0)
