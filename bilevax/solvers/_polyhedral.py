@@ -166,7 +166,7 @@ def project_polyhedron(
     >>> halfplane = lambda c: bx.solvers.project_polyhedron(
     ...     c, ineq=lambda v: jnp.array([v[0] + v[1] - 1.0])
     ... ).y
-    >>> print(jax.jacobian(halfplane)(jnp.array([2.0, 1.0])))
+    >>> print(jax.jacobian(halfplane)(jnp.array([2.0, 1.0])).round(3))
     [[ 0.5 -0.5]
      [-0.5  0.5]]
 
