@@ -13,7 +13,6 @@ _PENDING = {
     **{
         (name, "grad_vmap_shared"): _I18A
         for name in [
-            "custom_root-ridge",
             "custom_fixed_point",
             "root_vjp",
             "root_jvp",
