@@ -154,8 +154,7 @@ class _HyperparameterLinearModel(eqx.Module):
         grid = jnp.log(jnp.geomspace(alpha_max, 1e-3 * alpha_max, self.n_coarse))
         grid = grid.astype(dtype)
         tol = max(self.tol, 100 * np.finfo(dtype).eps) * np.sqrt(np.mean(t**2))
-        coarse_tol = 100 * tol  # enough to rank the grid points
-        errors = np.asarray(_grid_errors(self._inner(), grid, w0, batch, coarse_tol))
+        errors = np.asarray(_grid_errors(self._inner(), grid, w0, batch, tol))
         minima = _local_minima(errors)
         starts = minima[np.argsort(errors[minima])][: self.n_starts]
         runs = [self._descend(grid[i], w0, batch, tol) for i in starts]
