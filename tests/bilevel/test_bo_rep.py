@@ -3,6 +3,7 @@ projection included); deterministic convergence with a decaying step."""
 
 import jax
 import numpy as np
+import pytest
 
 import bilevax as bx
 
@@ -37,6 +38,7 @@ def test_steps_match_the_numpy_transcription():
             np.testing.assert_allclose(a, b, rtol=0, atol=1e-10)
 
 
+@pytest.mark.slow
 def test_initialisation_refinement_approaches_the_inner_solution():
     P = SampledQuadratic()
     data = bx.bilevel.BilevelData(*P.data)

@@ -11,7 +11,9 @@ from ._quadratic import Quadratic
 from ._reference import SampledQuadratic, ma_soba_step, np_
 
 
-@pytest.mark.parametrize("radius", [0.5, 100.0])  # projection active / inactive
+@pytest.mark.parametrize(
+    "radius", [0.5, pytest.param(100.0, marks=pytest.mark.slow)]
+)  # projection active / inactive
 def test_steps_match_the_numpy_transcription(radius):
     P = SampledQuadratic()
     alg = bx.bilevel.MASOBA(

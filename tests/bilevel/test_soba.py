@@ -3,6 +3,7 @@ and a noise floor that shrinks with the batch size."""
 
 import jax
 import numpy as np
+import pytest
 
 import bilevax as bx
 
@@ -44,6 +45,7 @@ def test_deterministic_reaches_1e_3_with_defaults_under_jit():
     assert Q.grad_norm_ratio(res.x) <= 1e-3
 
 
+@pytest.mark.slow
 def test_noise_floor_shrinks_with_batch_size_vmapped_over_seeds():
     keys = jax.random.split(jax.random.key(1), 4)
 
