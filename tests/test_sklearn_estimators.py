@@ -20,7 +20,7 @@ def _grid_best(reference):
     return reference.mse_path_.mean(axis=-1).min()
 
 
-@pytest.mark.slow  # ~1 min of compilation; the docstring examples fit in the default run
+@pytest.mark.slow  # ~1 min of compilation; the doctests stay in the default run
 def test_lasso_ho_matches_the_grid_and_scikit_learns_objective():
     X, y = _synthetic()
     reference = LassoCV(cv=3, tol=1e-10, max_iter=100_000).fit(X, y)
