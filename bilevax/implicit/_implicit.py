@@ -213,6 +213,37 @@ def _linear_solve(operator, vector, tags, linear_solver, throw: bool):
     )
 
 
+def _reporting_solve(operator, vector, linear_solver, options) -> lx.Solution:
+    """`lineax.linear_solve` (status and stats kept) as `custom_linear_solve`.
+
+    `root_vjp`/`root_jvp` are themselves differentiated (second order, `grad` of
+    `vmap` with a shared parameter): as in `_linear_solve`, JAX's rules rather than
+    lineax's transpose and batch the solve; the status and stats are its aux.
+    """
+    struct = operator.in_structure()
+    tags = operator.tags
+
+    def solve_with(tags_, options_):
+        def solve(matvec, b):
+            op = lx.FunctionLinearOperator(matvec, struct, tags_)
+            sol = lx.linear_solve(op, b, linear_solver, options=options_, throw=False)
+            return sol.value, (sol.result, sol.stats)
+
+        return solve
+
+    symmetric = lx.symmetric_tag in tags
+    transposed = frozenset(_TRANSPOSED_TAGS.get(tag, tag) for tag in tags)
+    value, (result, stats) = jax.lax.custom_linear_solve(
+        operator.mv,
+        _all_linear(vector),
+        solve_with(tags, options),
+        None if symmetric else solve_with(transposed, None),
+        symmetric=symmetric,
+        has_aux=True,
+    )
+    return lx.Solution(value=value, result=result, stats=stats, state=None)
+
+
 def _scalars_to_arrays(tree):
     """Python floats become (weakly typed) arrays, so that they are dynamic inputs.
 
@@ -551,12 +582,8 @@ def root_vjp(
         optimality_fn, solution, params, tags, linear_solver
     )
     _check_like(cotangent, solution, "cotangent")
-    sol = lx.linear_solve(
-        operator.transpose(),
-        _cast_like(cotangent, solution),
-        linear_solver,
-        options=options,
-        throw=False,
+    sol = _reporting_solve(
+        operator.transpose(), _cast_like(cotangent, solution), linear_solver, options
     )
     _, vjp_fn = jax.vjp(lambda p: optimality_fn(solution, *p), params)
     (ct_params,) = vjp_fn(jtu.tree_map(jnp.negative, sol.value))
@@ -605,8 +632,6 @@ def root_jvp(
         (params,),
         (_cast_like(tangents, params),),
     )
-    sol = lx.linear_solve(
-        operator, _cast_like(rhs, solution), linear_solver, options=options, throw=False
-    )
+    sol = _reporting_solve(operator, _cast_like(rhs, solution), linear_solver, options)
     t_y = jtu.tree_map(jnp.negative, sol.value)
     return _maybe_throw(t_y, sol, throw), _stats(sol)

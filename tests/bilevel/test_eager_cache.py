@@ -110,7 +110,6 @@ def test_repeated_eager_distillation_run_compiles_nothing():
     assert jnp.array_equal(first.x[0], again.x[0])
 
 
-@pytest.mark.xfail(strict=False, reason="caching of minimize lands with branch i20")
 def test_repeated_eager_minimize_compiles_nothing():
     problem = bx.solvers.ConstrainedProblem(
         lambda y, a: jnp.sum((y - a) ** 2), eq=lambda y, a: jnp.sum(y, keepdims=True)

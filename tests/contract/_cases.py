@@ -142,6 +142,10 @@ def _kernel_args(dtype):
     return (_normal(10, (3, 2), dtype), _normal(11, (2, 2), dtype))
 
 
+def _support_args(dtype):  # a support set: 3 inputs, 3 targets of 2 outputs
+    return (_normal(10, (3, 2), dtype), _normal(11, (3, 2), dtype))
+
+
 def _kernel_ridge_fit(X_s, Y_s):
     return bx.bilevel.KernelRidge(bx.bilevel.kernels.RBF(), 1e-2).fit(X_s, Y_s)
 
@@ -213,8 +217,8 @@ CASES = {
         "bilevel.kernels.NNGP", bx.bilevel.kernels.NNGP(), _kernel_args
     ),
     "kernels-ntk": Case("bilevel.kernels.NTK", bx.bilevel.kernels.NTK(), _kernel_args),
-    "kernel-ridge-fit": Case("bilevel.KernelRidge", _kernel_ridge_fit, _kernel_args),
+    "kernel-ridge-fit": Case("bilevel.KernelRidge", _kernel_ridge_fit, _support_args),
     "kernel-ridge-predict": Case(
-        "bilevel.KernelRidge", _kernel_ridge_predict, _kernel_args
+        "bilevel.KernelRidge", _kernel_ridge_predict, _support_args
     ),
 }

@@ -7,23 +7,6 @@ import pytest
 from ._cases import CASES
 from ._check import CHECKS, run_check
 
-# Failures that other branches fix; remove these marks when they are merged.
-_I18A = "grad of vmap with a shared parameter over an implicit solve: branch i18a"
-_PENDING = {
-    **{
-        (name, "grad_vmap_shared"): _I18A
-        for name in [
-            "custom_fixed_point",
-            "root_vjp",
-            "root_jvp",
-            "iterate-implicit",
-            "minimize-sketched-newton",
-            "minimize-augmented-lagrangian",
-        ]
-    },
-    ("project_polyhedron", "jacobians"): "differentiable projection: branch i20",
-}
-
 # The default run keeps one cheap check per kind of entry point (the suite's time
 # budget); the whole matrix runs with `-m slow`.
 _DEFAULT = {
@@ -37,12 +20,7 @@ _DEFAULT = {
 def _params():
     for name in CASES:
         for check in CHECKS:
-            marks = []
-            reason = _PENDING.get((name, check))
-            if reason:
-                marks.append(pytest.mark.xfail(strict=False, reason=reason))
-            if (name, check) not in _DEFAULT:
-                marks.append(pytest.mark.slow)
+            marks = [] if (name, check) in _DEFAULT else [pytest.mark.slow]
             yield pytest.param(name, check, marks=marks, id=f"{name}-{check}")
 
 
