@@ -104,13 +104,16 @@ class Learner(eqx.Module):
         return self.loss(phi, x[shots:], y[shots:])
 
     def meta_gradient(self, theta, xs, ys, shots):
-        """Mean query loss over a task batch and its gradient in `θ`: per-task
-        gradients under `vmap`, then averaged."""
-        value_and_grad = jax.vmap(
-            jax.value_and_grad(self.task_loss), in_axes=(None, 0, 0, None)
-        )
-        losses, grads = value_and_grad(theta, xs, ys, shots)
-        return jnp.mean(losses), jax.tree_util.tree_map(lambda g: g.mean(0), grads)
+        """Mean query loss over a task batch and its gradient in `θ`: `jax.grad` of
+        the mean over a `jax.vmap` of tasks (shared `θ`, batched tasks)."""
+
+        def mean_loss(theta):
+            losses = jax.vmap(self.task_loss, in_axes=(None, 0, 0, None))(
+                theta, xs, ys, shots
+            )
+            return jnp.mean(losses)
+
+        return jax.value_and_grad(mean_loss)(theta)
 
 
 def _add(a, b):
