@@ -70,6 +70,8 @@ def test_meta_learning_example(tmp_path):
         "300",
         "--imaml-steps",
         "10",
+        "--seeds",
+        "1",
         "--out",
         str(tmp_path),
     )
