@@ -8,7 +8,7 @@ A task is `y = A sin(x - φ)` with `A ~ U[0.1, 5]`, `φ ~ U[0, π]`, `x ~ U[-5, 
 - MAML: adapted `φ_T(θ)` = `T` gradient steps from `θ`, differentiated through the
   steps (`bx.implicit.iterate` with `UnrolledAdjoint`, memory grows with `T`);
 - first-order MAML: the same steps, the query gradient at `φ_T` used as is;
-- iMAML: `φ*(θ) = argmin_φ L_support(φ) + λ/2 ‖φ - θ‖²` (`--prox` λ = 1), solved
+- iMAML: `φ*(θ) = argmin_φ L_support(φ) + λ/2 ‖φ - θ‖²` (`--prox` λ = 0.2), solved
   by `--imaml-steps` gradient steps (`--imaml-lr` 0.02), differentiated implicitly
   (`bx.implicit.custom_root`, `--cg-steps` 10 CG steps on `(H + λI) v = ∇L_query`):
   memory does not depend on the number of steps.
@@ -22,7 +22,7 @@ memory of one meta-gradient for two values of `T`, and saves a plot of meta-test
 error against meta-iterations (first seed).
 
 Run: python examples/meta_learning.py [--seeds 5] [--meta-steps 2000]
-     [--inner-steps 5] [--imaml-steps 25] [--prox 1.0] [--methods maml imaml]
+     [--inner-steps 5] [--imaml-steps 25] [--prox 0.2] [--methods maml imaml]
 """
 
 import argparse
@@ -55,7 +55,7 @@ class Learner(eqx.Module):
     method: str
     inner_steps: int
     inner_lr: float = 0.01
-    prox: float = 1.0  # iMAML's λ
+    prox: float = 0.2  # iMAML's λ
     cg_steps: int = 10
 
     def loss(self, params, x, y):
@@ -176,7 +176,7 @@ def parse_args():
     parser.add_argument("--inner-steps", type=int, default=5, help="MAML, FOMAML")
     parser.add_argument("--imaml-steps", type=int, default=25, help="iMAML")
     parser.add_argument("--imaml-lr", type=float, default=0.02, help="iMAML inner rate")
-    parser.add_argument("--prox", type=float, default=1.0, help="iMAML's λ")
+    parser.add_argument("--prox", type=float, default=0.2, help="iMAML's λ")
     parser.add_argument("--cg-steps", type=int, default=10, help="iMAML")
     parser.add_argument("--task-batch", type=int, default=25)
     parser.add_argument("--shots", type=int, default=10)
