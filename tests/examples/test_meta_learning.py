@@ -68,8 +68,6 @@ def test_meta_learning_example(tmp_path):
         "meta_learning.py",
         "--meta-steps",
         "300",
-        "--imaml-steps",
-        "10",
         "--seeds",
         "1",
         "--out",
