@@ -8,17 +8,21 @@ A task is `y = A sin(x - φ)` with `A ~ U[0.1, 5]`, `φ ~ U[0, π]`, `x ~ U[-5, 
 - MAML: adapted `φ_T(θ)` = `T` gradient steps from `θ`, differentiated through the
   steps (`bx.implicit.iterate` with `UnrolledAdjoint`, memory grows with `T`);
 - first-order MAML: the same steps, the query gradient at `φ_T` used as is;
-- iMAML: `φ*(θ) = argmin_φ L_support(φ) + λ/2 ‖φ - θ‖²` (λ = 0.2), solved by
-  `--imaml-steps` gradient steps (rate 0.02), differentiated implicitly
-  (`bx.implicit.custom_root`, 10 CG steps on `(H + λI) v = ∇L_query`): memory does
-  not depend on the number of steps.
+- iMAML: `φ*(θ) = argmin_φ L_support(φ) + λ/2 ‖φ - θ‖²` (`--prox` λ = 0.2), solved
+  by `--imaml-steps` gradient steps (`--imaml-lr` 0.02), differentiated implicitly
+  (`bx.implicit.custom_root`, `--cg-steps` 10 CG steps on `(H + λI) v = ∇L_query`):
+  memory does not depend on the number of steps.
 
-Prints the meta-test error (query MSE after adaptation on unseen tasks) against an
-unadapted model, the compiled memory of one meta-gradient for two values of `T`,
-and saves a plot of meta-test error against meta-iterations.
+Every meta-gradient is `jax.grad` of the mean query loss over a `jax.vmap` of the
+task batch, with `θ` shared across the batch.
 
-Run: python examples/meta_learning.py [--meta-steps 2000] [--inner-steps 5]
-     [--imaml-steps 25]
+Prints the meta-test error (query MSE after adaptation on 500 unseen tasks), mean ±
+std over `--seeds` seeds (initialisation, training and test tasks), the compiled
+memory of one meta-gradient for two values of `T`, and saves a plot of meta-test
+error against meta-iterations (first seed).
+
+Run: python examples/meta_learning.py [--seeds 5] [--meta-steps 2000]
+     [--inner-steps 5] [--imaml-steps 25] [--prox 0.2] [--methods maml imaml]
 """
 
 import argparse
@@ -28,6 +32,7 @@ import time
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 import bilevax as bx
@@ -104,20 +109,25 @@ class Learner(eqx.Module):
         return self.loss(phi, x[shots:], y[shots:])
 
     def meta_gradient(self, theta, xs, ys, shots):
-        """Mean query loss over a task batch and its gradient in `θ`: per-task
-        gradients under `vmap`, then averaged."""
-        value_and_grad = jax.vmap(
-            jax.value_and_grad(self.task_loss), in_axes=(None, 0, 0, None)
-        )
-        losses, grads = value_and_grad(theta, xs, ys, shots)
-        return jnp.mean(losses), jax.tree_util.tree_map(lambda g: g.mean(0), grads)
+        """Mean query loss over a task batch and its gradient in `θ`: `jax.grad` of
+        the mean over a `jax.vmap` of tasks (shared `θ`, batched tasks)."""
+
+        def mean_loss(theta):
+            losses = jax.vmap(self.task_loss, in_axes=(None, 0, 0, None))(
+                theta, xs, ys, shots
+            )
+            return jnp.mean(losses)
+
+        return jax.value_and_grad(mean_loss)(theta)
 
 
 def _add(a, b):
     return jax.tree_util.tree_map(jnp.add, a, b)
 
 
-def meta_train(learner, theta, key, args, evaluate):
+def make_chunk(learner, args):
+    """Jitted run of `meta_steps // 10` meta-iterations (Adam), compiled once and
+    reused across seeds."""
     optimizer = optax.adam(args.meta_lr)
 
     @jax.jit
@@ -133,12 +143,17 @@ def meta_train(learner, theta, key, args, evaluate):
         (theta, opt_state), _ = jax.lax.scan(step, (theta, opt_state), keys)
         return theta, opt_state
 
+    return optimizer, chunk
+
+
+def meta_train(chunk, theta, key, evaluate, args):
+    optimizer, chunk = chunk
     opt_state = optimizer.init(theta)
-    curve = [(0, evaluate(learner, theta))]
+    curve = [(0, evaluate(theta))]
     start = time.perf_counter()
     for i, k in enumerate(jax.random.split(key, 10)):
         theta, opt_state = jax.block_until_ready(chunk(theta, opt_state, k))
-        curve.append(((i + 1) * (args.meta_steps // 10), evaluate(learner, theta)))
+        curve.append(((i + 1) * (args.meta_steps // 10), evaluate(theta)))
     return theta, curve, time.perf_counter() - start
 
 
@@ -155,77 +170,108 @@ def meta_gradient_memory(learner, theta, args, inner_steps):
     return memory.temp_size_in_bytes + memory.output_size_in_bytes
 
 
-def main():
+def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--meta-steps", type=int, default=2000)
     parser.add_argument("--inner-steps", type=int, default=5, help="MAML, FOMAML")
-    parser.add_argument(
-        "--imaml-steps", type=int, default=25, help="iMAML (inner rate 0.02, λ 0.2)"
-    )
+    parser.add_argument("--imaml-steps", type=int, default=25, help="iMAML")
+    parser.add_argument("--imaml-lr", type=float, default=0.02, help="iMAML inner rate")
+    parser.add_argument("--prox", type=float, default=0.2, help="iMAML's λ")
+    parser.add_argument("--cg-steps", type=int, default=10, help="iMAML")
     parser.add_argument("--task-batch", type=int, default=25)
     parser.add_argument("--shots", type=int, default=10)
     parser.add_argument("--meta-lr", type=float, default=1e-3)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="first seed")
+    parser.add_argument("--seeds", type=int, default=5, help="number of seeds")
+    parser.add_argument(
+        "--methods", nargs="+", default=["maml", "fomaml", "imaml"], choices=NAMES
+    )
     parser.add_argument("--out", default="outputs")
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    key = jax.random.key(args.seed)
-    init_key, train_key, test_key = jax.random.split(key, 3)
+
+NAMES = {"maml": "MAML", "fomaml": "first-order MAML", "imaml": "iMAML"}
+
+
+def make_learner(static, method, args):
+    if method == "imaml":  # a proximal problem solved further: memory is flat
+        return Learner(
+            static, method, args.imaml_steps, args.imaml_lr, args.prox, args.cg_steps
+        )
+    return Learner(static, method, args.inner_steps)
+
+
+def seed_setup(seed, args):
+    """Initial `θ`, the MLP's static part, training key, 500 meta-test tasks."""
+    init_key, train_key, test_key = jax.random.split(jax.random.key(seed), 3)
     params, static = eqx.partition(eqx.nn.MLP(1, 1, 40, 2, key=init_key), eqx.is_array)
-    test_x, test_y = sample_tasks(test_key, 500, args.shots + 100)
+    return params, static, train_key, sample_tasks(test_key, 500, args.shots + 100)
 
-    def evaluate(learner, theta):
-        """Meta-test error: query MSE after adaptation on 500 unseen tasks."""
-        errors = jax.jit(
-            jax.vmap(learner.task_loss, in_axes=(None, 0, 0, None)), static_argnums=3
-        )(theta, test_x, test_y, args.shots)
-        return float(jnp.mean(errors))
 
-    methods = {"MAML": "maml", "first-order MAML": "fomaml", "iMAML": "imaml"}
+def make_evaluate(learner, args):
+    """Meta-test error: query MSE after adaptation on unseen tasks."""
+    errors = jax.jit(
+        jax.vmap(learner.task_loss, in_axes=(None, 0, 0, None)), static_argnums=3
+    )
+    return lambda theta, test: float(jnp.mean(errors(theta, *test, args.shots)))
 
-    def make_learner(method):
-        if method == "imaml":  # a proximal problem solved further: memory is flat
-            return Learner(static, method, args.imaml_steps, inner_lr=0.02)
-        return Learner(static, method, args.inner_steps)
 
-    query = lambda a: a[:, args.shots :]
-    no_adaptation = lambda learner, theta: float(
-        jax.vmap(learner.loss, in_axes=(None, 0, 0))(
-            theta, query(test_x), query(test_y)
-        ).mean()
+def train_seeds(method, seeds, args):
+    """Meta-trains `method` from every seed: final errors, first curve, time."""
+    learner = make_learner(seeds[0][1], method, args)
+    chunk, evaluate = make_chunk(learner, args), make_evaluate(learner, args)
+    finals, curves, elapsed = [], [], 0.0
+    for params, _, train_key, test in seeds:
+        ev = lambda theta, test=test: evaluate(theta, test)
+        _, curve, seconds = meta_train(chunk, params, train_key, ev, args)
+        finals.append(curve[-1][1])
+        curves.append(curve)
+        elapsed += seconds
+    return np.array(finals), curves[0], elapsed / len(seeds)
+
+
+def main():
+    args = parse_args()
+    seeds = [seed_setup(args.seed + s, args) for s in range(args.seeds)]
+    maml = make_learner(seeds[0][1], "maml", args)
+    evaluate = make_evaluate(maml, args)
+    initial = np.mean([evaluate(params, test) for params, *_, test in seeds])
+    print(
+        f"sinusoid regression, {args.shots} shots, task batch {args.task_batch}, "
+        f"{args.meta_steps} meta-iterations, seeds {args.seed}..."
+        f"{args.seed + args.seeds - 1}; MAML/FOMAML {args.inner_steps} inner steps; "
+        f"iMAML λ {args.prox}, {args.imaml_steps} inner steps (rate "
+        f"{args.imaml_lr}), {args.cg_steps} CG steps"
     )
     print(
-        f"sinusoid regression, {args.shots} shots, {args.inner_steps} inner steps, "
-        f"task batch {args.task_batch}, {args.meta_steps} meta-iterations"
+        f"meta-test MSE of the initial θ: {initial:.3f} after {args.inner_steps} steps"
     )
-    learner = Learner(static, "maml", args.inner_steps)
-    print(
-        f"meta-test MSE of the initial θ: {no_adaptation(learner, params):.3f} "
-        f"without adaptation, {evaluate(learner, params):.3f} after {args.inner_steps} "
-        "steps"
-    )
+    print(f"\n{'method':<20}{'meta-test MSE (mean ± std)':>28}{'time/seed':>11}")
     curves = {}
-    print(f"\n{'method':<20}{'meta-test MSE':>14}{'no adaptation':>15}{'time':>9}")
-    for name, method in methods.items():
-        learner = make_learner(method)
-        theta, curve, elapsed = meta_train(learner, params, train_key, args, evaluate)
-        curves[name] = curve
+    for method in args.methods:
+        finals, curves[NAMES[method]], seconds = train_seeds(method, seeds, args)
+        std = finals.std(ddof=1) if len(finals) > 1 else 0.0
         print(
-            f"{name:<20}{curve[-1][1]:>14.3f}{no_adaptation(learner, theta):>15.3f}"
-            f"{elapsed:>8.1f}s"
+            f"{NAMES[method]:<20}{finals.mean():>17.3f} ± {std:<8.3f}{seconds:>10.1f}s"
+            f"   ({' '.join(f'{f:.3f}' for f in finals)})"
         )
-
     print("\nmemory of one meta-gradient (compiled: temporaries + outputs):")
-    for name, method in methods.items():
-        learner = make_learner(method)
-        few, many = (meta_gradient_memory(learner, params, args, t) for t in (5, 50))
-        print(
-            f"  {name:<18} T=5: {few / 2**20:6.2f} MiB   T=50: {many / 2**20:6.2f} MiB"
+    for method in args.methods:
+        learner = make_learner(seeds[0][1], method, args)
+        few, many = (
+            meta_gradient_memory(learner, seeds[0][0], args, t) for t in (5, 50)
         )
+        print(
+            f"  {NAMES[method]:<18} T=5: {few / 2**20:6.2f} MiB   "
+            f"T=50: {many / 2**20:6.2f} MiB"
+        )
+    plot(curves, args.out)
 
+
+def plot(curves, out):
     import matplotlib.pyplot as plt
 
-    os.makedirs(args.out, exist_ok=True)
+    os.makedirs(out, exist_ok=True)
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for name, curve in curves.items():
         steps, errors = zip(*curve, strict=True)
@@ -235,7 +281,7 @@ def main():
     ax.set_ylabel("meta-test MSE after adaptation")
     ax.legend()
     fig.tight_layout()
-    path = os.path.join(args.out, "meta_learning.png")
+    path = os.path.join(out, "meta_learning.png")
     fig.savefig(path, dpi=120)
     print(f"plot: {path}")
 
