@@ -18,6 +18,7 @@ def _doctests_in_default_precision(request):
     finally:
         jax.config.update("jax_enable_x64", previous)
 
+
 # A script run by tests/test_distributed.py in fresh interpreters (it reads its
 # command line at import): not a module to import for doctests.
 collect_ignore = ["tests/_distributed_worker.py"]

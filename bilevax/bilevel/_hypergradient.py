@@ -232,12 +232,13 @@ def _compiled_hypergradient(
     out = _hypergradient(problem, x, y0, inner_solver, adjoint, data, tol, adjoint_y0)
     if not throw:
         return out
-    finite = tree_all_finite(out[:3])
+    # a NaN inner residual: NaN data that the inner solver never moved from y0
+    finite = tree_all_finite(out[:3]) & jnp.all(jnp.isfinite(out[3].inner_residual))
     message = (
-        "`hypergradient`: the outer loss, the hypergradient or the inner solution is "
-        "non-finite (NaN or infinity): NaN in the data, or a lower level that "
-        "diverges (unbounded below, or too large a step). Pass `throw=False` to get "
-        "the values and `stats` instead."
+        "`hypergradient`: the outer loss, the hypergradient, the inner solution or "
+        "its residual is non-finite (NaN or infinity): NaN in the data, or a lower "
+        "level that diverges (unbounded below, or too large a step). Pass "
+        "`throw=False` to get the values and `stats` instead."
     )
     out = eqx.error_if(out, ~finite, message)
     out = eqx.error_if(

@@ -63,7 +63,7 @@ STOCHASTIC = {
         batch_size=b,
     ),
     "penalty": lambda b: bx.bilevel.PenaltyMethod(
-        gamma_max=10.0, lr_inner=0.05, lr_outer=0.3 * LR, batch_size=b
+        gamma_max=100.0, lr_inner=0.05, lr_outer=0.3 * LR, batch_size=b
     ),
 }
 

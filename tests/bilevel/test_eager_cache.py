@@ -8,7 +8,6 @@ import contextlib
 import jax
 import jax.numpy as jnp
 import optax
-import pytest
 
 import bilevax as bx
 
