@@ -18,6 +18,11 @@ _COVERED_ELSEWHERE = {
     "implicit.optax_step",  # a step map for iterate (tests/implicit/test_iterate.py)
     "implicit.CG",  # adjoint linear solvers: tests/implicit/test_linear_solvers.py
     "implicit.Neumann",
+    # support-restricted adjoint of prox conditions: central finite differences for
+    # Lasso, elastic net, group and weighted Lasso in tests/bilevel/test_proximal.py
+    "implicit.support_vjp",
+    "implicit.SupportAdjoint",
+    "bilevel.ProximalGradient",
 }
 
 _NOT_DIFFERENTIABLE = {
@@ -40,6 +45,7 @@ _NOT_DIFFERENTIABLE = {
     "solvers.PolyhedralProjection",
     "solvers.sketch",
     "implicit.ImplicitStats",
+    "implicit.SupportStats",
     "implicit.default_linear_solver",
     "implicit.default_tolerance",
     "implicit.AbstractIterateAdjoint",
@@ -54,6 +60,12 @@ _NOT_DIFFERENTIABLE = {
     "bilevel.PenaltyMethod",
     "bilevel.DatasetDistillation",
     "bilevel.LinearizedNetwork",
+    "bilevel.SOBA",
+    "bilevel.SABA",
+    "bilevel.MASOBA",
+    "bilevel.BOME",
+    "bilevel.MAID",
+    "bilevel.BOREP",
     # projections of projected first-order methods (stop-gradient by design)
     "bilevel.affine_projection",
     "bilevel.coupled_projection",
