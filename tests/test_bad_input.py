@@ -43,6 +43,11 @@ ALGORITHMS = {
     "PenaltyMethod": B.PenaltyMethod(),
     "LVHBA": B.LVHBA(),
 }
+# LV-HBA's derived steps follow a stiff lower level (they no longer diverge on it);
+# the divergence case pins the fixed steps it used to default to.
+LVHBA_FIXED = B.LVHBA(
+    alpha=0.008, beta=0.02, eta=0.01, gamma1=10.0, gamma2=10.0, penalty=0.025
+)
 
 
 def _run(name, problem=None, x0=X0, y0=Y0, data=DATA, num_steps=20):
@@ -52,6 +57,8 @@ def _run(name, problem=None, x0=X0, y0=Y0, data=DATA, num_steps=20):
         # F2SA's inner steps decay as (k+1)^(-4/7), so that its z overflows only
         # after thousands of steps; too large an inner step diverges at once
         algorithm = B.F2SA(lr_inner=5.0)
+    if problem is STIFF and name == "LVHBA":
+        algorithm = LVHBA_FIXED
     return algorithm.run(problem, x0, y0, data, num_steps=num_steps)
 
 
