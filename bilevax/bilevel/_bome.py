@@ -78,8 +78,8 @@ class BOME(AbstractBilevelAlgorithm):
     ... )
     >>> x0, y0 = jnp.zeros(2), jnp.zeros(2)
     >>> result = bx.bilevel.BOME().run(problem, x0, y0, num_steps=300)
-    >>> print(result.x.round(2))  # near the solution x = 0.5 (biased fixed points)
-    [0.49 0.49]
+    >>> print([f"{v:.2f}" for v in result.x])  # near x = 0.5 (biased fixed points)
+    ['0.49', '0.49']
 
     ```
     """
