@@ -167,8 +167,29 @@ def _checked_solve(linear_solver, operator, vector, throw: bool):  # a RuntimeEr
     state = linear_solver.init(operator, {})
     x, result, _ = linear_solver.compute(state, vector, {})
     if throw:
-        x = result.error_if(x, result != lx.RESULTS.successful)
+        x = raise_if_failed(x, result)
     return x
+
+
+def _failure_messages() -> list[str]:
+    """One message per `lineax.RESULTS` index: the status by name, then lineax's
+    explanation of it."""
+    messages = [""] * len(lx.RESULTS._name_to_item)
+    for name, item in lx.RESULTS._name_to_item.items():
+        messages[int(item._value)] = (
+            f"The linear solve of an implicit derivative failed with status "
+            f"`lineax.RESULTS.{name}`: {lx.RESULTS[item]} Pass `throw=False` to get "
+            "the status in the stats instead."
+        )
+    return messages
+
+
+def raise_if_failed(tree, result: lx.RESULTS):
+    """`tree`, with a run-time error naming `result` when it is not successful
+    (works under `jit` and `vmap`)."""
+    return eqx.branched_error_if(
+        tree, result != lx.RESULTS.successful, result._value, _failure_messages()
+    )
 
 
 def _all_linear(tree):
@@ -528,7 +549,7 @@ def _stats(solution: lx.Solution) -> ImplicitStats:
 def _maybe_throw(value, solution: lx.Solution, throw: bool):
     if not throw:
         return value
-    return solution.result.error_if(value, solution.result != lx.RESULTS.successful)
+    return raise_if_failed(value, solution.result)
 
 
 def root_vjp(

@@ -338,9 +338,10 @@ class _Reporting(lx.AbstractLinearSolver):
                 residual = _relative_residual(operator, solution, vector)
             out_stats["residual"] = residual
             # a NaN in the operator can stop an iterative solver at once with a
-            # finite (wrong) solution: its residual tells
+            # finite (wrong) solution: its residual tells (a non-finite solution
+            # is already `singular`, and its residual is NaN too)
             result = lx.RESULTS.where(
-                jnp.isfinite(residual), result, lx.RESULTS.nonfinite_input
+                jnp.isfinite(residual) | ~finite_out, result, lx.RESULTS.nonfinite_input
             )
         return solution, result, out_stats
 
