@@ -16,6 +16,7 @@ from jaxtyping import Array, PyTree
 
 from .._display import fields_repr, status_name, summarize
 from ..implicit import ImplicitAdjoint, conditions, iterate, root_vjp
+from ..implicit._implicit import raise_if_failed
 from ..implicit._iterate import AbstractIterateAdjoint
 from ..implicit._linear_solve import CG, default_tolerance
 from ..implicit._tree import tree_all_finite, tree_norm
@@ -248,12 +249,10 @@ def _compiled_hypergradient(
         "infeasible constraints, no convergence or NaN); there is no solution to "
         "differentiate. Pass `throw=False` to get the status in `stats` instead.",
     )
-    return eqx.error_if(
+    return raise_if_failed(
         out,
-        out[3].linear_result != lx.RESULTS.successful,
-        "`hypergradient`: the adjoint linear solve failed (see `stats.linear_result` "
-        "with `throw=False`): it did not converge, diverged (a Neumann scale outside "
-        "the convergence region) or met a Hessian that is not positive definite.",
+        out[3].linear_result,
+        "`hypergradient`: the adjoint linear solve (`stats.linear_result`)",
     )
 
 

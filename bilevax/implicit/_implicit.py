@@ -171,24 +171,25 @@ def _checked_solve(linear_solver, operator, vector, throw: bool):  # a RuntimeEr
     return x
 
 
-def _failure_messages() -> list[str]:
+def _failure_messages(what: str) -> list[str]:
     """One message per `lineax.RESULTS` index: the status by name, then lineax's
     explanation of it."""
     messages = [""] * len(lx.RESULTS._name_to_item)
     for name, item in lx.RESULTS._name_to_item.items():
         messages[int(item._value)] = (
-            f"The linear solve of an implicit derivative failed with status "
-            f"`lineax.RESULTS.{name}`: {lx.RESULTS[item]} Pass `throw=False` to get "
-            "the status in the stats instead."
+            f"{what} failed with status `lineax.RESULTS.{name}`: {lx.RESULTS[item]} "
+            "Pass `throw=False` to get the status in the stats instead."
         )
     return messages
 
 
-def raise_if_failed(tree, result: lx.RESULTS):
-    """`tree`, with a run-time error naming `result` when it is not successful
-    (works under `jit` and `vmap`)."""
+def raise_if_failed(
+    tree, result: lx.RESULTS, what: str = "The linear solve of an implicit derivative"
+):
+    """`tree`, with a run-time error naming `result` (and `what` failed) when it is
+    not successful (works under `jit` and `vmap`)."""
     return eqx.branched_error_if(
-        tree, result != lx.RESULTS.successful, result._value, _failure_messages()
+        tree, result != lx.RESULTS.successful, result._value, _failure_messages(what)
     )
 
 

@@ -220,7 +220,7 @@ def test_hypergradient_reports_and_raises_a_failed_adjoint_solve():
     adjoint = bx.implicit.ImplicitAdjoint(Neumann(steps=100, scale=0.3))
     *_, stats = bx.bilevel.hypergradient(problem, x, y0, inner, adjoint, throw=False)
     assert stats.linear_result == lx.RESULTS.breakdown
-    with pytest.raises(RuntimeError, match="adjoint"):
+    with pytest.raises(RuntimeError, match=r"adjoint.*RESULTS\.breakdown"):
         jax.block_until_ready(bx.bilevel.hypergradient(problem, x, y0, inner, adjoint))
     good = bx.implicit.ImplicitAdjoint(CG(rtol=1e-12))
     _, grad, _, stats = bx.bilevel.hypergradient(problem, x, y0, inner, good)
