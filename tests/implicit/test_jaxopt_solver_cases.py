@@ -178,30 +178,34 @@ def test_cos_fixed_point_gradient(method):
 def test_flat_landscape_gradient(method):
     """T(x, θ) = θ x with |θ| < 1 (jaxopt: with an auxiliary output x): x* = 0 for
     every θ, so dx*/dθ = 0 although ∂T/∂θ = x is not identically zero; finite
-    differences of the solve agree (jaxopt's check)."""
-    T_aux = lambda x, theta: (theta * x, x)
+    differences of the solve agree (jaxopt's check). The same map shifted,
+    θ x + c, has x* = c / (1 - θ) and dx*/dθ = c / (1 - θ)² (diagonal)."""
+    T_aux = lambda x, theta, c: (theta * x + c, x)
     condition = conditions.fixed_point(T_aux, has_aux=True)
-    T = lambda x, theta: T_aux(x, theta)[0]
+    T = lambda x, theta, c: T_aux(x, theta, c)[0]
     forward = {
-        "fixed_point_iteration": lambda x0, t: fixed_point_iteration(T, x0, t),
-        "anderson": lambda x0, t: anderson(T, x0, t),
-        "broyden": lambda x0, t: broyden(condition, x0, t),
+        "fixed_point_iteration": lambda x0, t, c: fixed_point_iteration(T, x0, t, c),
+        "anderson": lambda x0, t, c: anderson(T, x0, t, c),
+        "broyden": lambda x0, t, c: broyden(condition, x0, t, c),
     }[method]
     solve = jax.jit(custom_root(condition)(forward))
+    jacobian = jax.jit(jax.jacrev(solve, argnums=1))
     x0 = jnp.array([1.0, -0.5])
     theta = jnp.array([0.05, 0.2])
-    assert jnp.allclose(solve(x0, theta), 0.0, atol=1e-11)
-    jac = jax.jit(jax.jacrev(solve, argnums=1))(x0, theta)
+    for c in [0.0, 1.0]:
+        assert jnp.allclose(solve(x0, theta, c), c / (1 - theta), atol=1e-11)
+        jac = jacobian(x0, theta, c)
+        assert jnp.allclose(jac, jnp.diag(c / (1 - theta) ** 2), rtol=1e-9, atol=1e-9)
     eps = 1e-4
     fd = jnp.stack(
         [
-            (solve(x0, theta + eps * e) - solve(x0, theta - eps * e)) / (2 * eps)
+            (solve(x0, theta + eps * e, 0.0) - solve(x0, theta - eps * e, 0.0))
+            / (2 * eps)
             for e in jnp.eye(2)
         ],
         axis=1,
     )
-    assert jnp.allclose(jac, 0.0, atol=1e-9)
-    assert jnp.allclose(jac, fd, atol=1e-6)
+    assert jnp.allclose(jacobian(x0, theta, 0.0), fd, atol=1e-6)
 
 
 def _affine_case(method, n):
