@@ -174,7 +174,7 @@ def test_cos_fixed_point_gradient(method):
     assert jnp.allclose(jac_fwd, jac, rtol=1e-9)
 
 
-@pytest.mark.parametrize("method", _cheap("broyden"))
+@pytest.mark.parametrize("method", _cheap())
 def test_flat_landscape_gradient(method):
     """T(x, θ) = θ x with |θ| < 1 (jaxopt: with an auxiliary output x): x* = 0 for
     every θ, so dx*/dθ = 0 although ∂T/∂θ = x is not identically zero; finite
@@ -467,7 +467,8 @@ def _sklearn_lasso(X, y, lam):
     return jnp.asarray(model.fit(np.asarray(X), np.asarray(y)).coef_)
 
 
-@pytest.mark.parametrize("call", [pytest.param("positional", marks=SLOW), "keywords"])
+@SLOW  # the default run has a Lasso case in test_jaxopt_calls.py
+@pytest.mark.parametrize("call", ["positional", "keywords"])
 def test_proximal_gradient_lasso_jacobian(call):
     """Lasso ‖Xw - y‖²/(2n) + λ‖w‖₁ on make_regression(10, 3, random_state=0),
     λ = 10, warm-started at scikit-learn's solution (jaxopt's test). On the support
