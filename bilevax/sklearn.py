@@ -18,10 +18,14 @@ from the previous `α`, and differentiated on its support only (a `|S| × |S|`
 system; `bilevax/_working_set.py`), as sparse-ho does.
 
 `fit` first evaluates the error on a coarse log grid of `α` from `α_max` (the
-smallest `α` with `w = 0`) down to `1e-3 α_max` (scikit-learn's `eps`); it records
+smallest `α` with `w = 0`) down to `1e-3 α_max` (scikit-learn's `eps`), stopping
+early at the first `α` where a fold's support reaches its rank (training rows
+minus one; beyond it that fold interpolates its training rows, a costly regime
+where `α` no longer selects a model; `coarse_alphas_` is then shorter); it records
 the grid's local minima (`local_minima_`: the validation curve of the Lasso is
 not convex in `α`) and runs hypergradient descent on `log α` from each of the best
-`n_starts` of them, keeping the best end point. The descent is HOAG's with exact
+`n_starts` of them (among those within `1 + start_gap` of the best), keeping the
+best end point. The descent is HOAG's with exact
 hypergradients (Pedregosa, ICML 2016): a trial step `-∇/L` is kept when it
 lowers the error, `L` is then the secant (Barzilai-Borwein) curvature
 `‖Δ∇‖/‖Δ log α‖` (never below a tenth of the previous one), and a rejected step
@@ -100,14 +104,28 @@ def _hypergradient(penalty, x, W, s):
 
 @eqx.filter_jit
 def _grid(penalty, log_alphas, W, s):
-    """Errors, solutions and violations along a grid of `log α` (warm-started,
-    large to small)."""
+    """Errors and solutions along a grid of `log α` (large to small, warm-started),
+    up to the first point where a fold's support reaches its rank `n_k - 1`: from
+    there on that fold interpolates its training rows. Returns the number of
+    points solved, the errors, the solutions and the largest violation."""
+    counts = jnp.sum(s.batch[2], axis=0)
 
-    def one(W, x):
-        W, violation = _solve(penalty, x, W, s)
-        return W, (_validation_loss(W, s.batch), W, violation)
+    def cond(c):
+        return (c[0] < log_alphas.shape[0]) & ~c[-1]
 
-    return jax.lax.scan(one, W, log_alphas)[1]
+    def body(c):
+        i, W, errors, Ws, violation, _ = c
+        W, v = _solve(penalty, log_alphas[i], W, s)
+        error = _validation_loss(W, s.batch)
+        full = jnp.any(jnp.sum(W != 0, axis=1) >= counts - 1)
+        errors, Ws = errors.at[i].set(error), Ws.at[i].set(W)
+        return i + 1, W, errors, Ws, jnp.maximum(violation, v), full
+
+    errors = jnp.full(log_alphas.shape, jnp.inf, W.dtype)
+    Ws = jnp.zeros((log_alphas.shape[0], *W.shape), W.dtype)
+    start = (0, W, errors, Ws, jnp.zeros((), W.dtype), jnp.array(False))
+    k, _, errors, Ws, violation, _ = jax.lax.while_loop(cond, body, start)
+    return k, errors, Ws, violation
 
 
 _solve_jit = eqx.filter_jit(_solve)
@@ -233,10 +251,11 @@ class _HyperparameterLinearModel(eqx.Module):
         grid = np.log(np.geomspace(alpha_max, 1e-3 * alpha_max, self.n_coarse))
         W0 = jnp.zeros((s.batch[2].shape[1], X.shape[1]), dtype)
         coarse = s._replace(tol=jnp.maximum(s.tol, self.coarse_tol * scale))
-        errors, Ws, violations = _grid(penalty, jnp.asarray(grid, dtype), W0, coarse)
-        _check_converged(jnp.max(violations), coarse.tol, "coarse grid's solves")
-        errors = np.asarray(errors)
+        k, errors, Ws, violation = _grid(penalty, jnp.asarray(grid, dtype), W0, coarse)
+        _check_converged(violation, coarse.tol, "coarse grid's solves")
+        grid, errors = grid[: int(k)], np.asarray(errors)[: int(k)]
         minima = _local_minima(errors)
+        minima = minima[errors[minima] <= (1 + self.start_gap) * errors.min()]
         starts = minima[np.argsort(errors[minima])][: self.n_starts]
         shape = (X.shape[1],) if self.weighted else ()
         step0 = jnp.asarray(0.5 * (grid[0] - grid[1]), dtype)  # half a grid cell
@@ -335,7 +354,8 @@ class LassoHO(_HyperparameterLinearModel):
     - `weighted`: one `α_j` per feature (the weighted Lasso), started from the
       best scalar of the coarse grid.
     - `n_coarse`: points of the coarse grid; `n_starts`: hypergradient runs from
-      the best grid local minima; `max_iter`: hypergradient steps per run;
+      the best grid local minima, among those whose error is within a factor
+      `1 + start_gap` of the grid's best; `max_iter`: hypergradient steps per run;
       `tol`: the inner solves' optimality violation (largest distance of the
       gradient to the subdifferential), relative to the Lasso's `α_max`;
       `coarse_tol`: the same for the coarse grid's solves (looser: they only
@@ -366,6 +386,7 @@ class LassoHO(_HyperparameterLinearModel):
     max_iter: int = 30
     tol: float = 1e-6
     coarse_tol: float = 1e-4
+    start_gap: float = 0.1
 
     def _l1_ratio(self):
         return 1.0
@@ -400,6 +421,7 @@ class ElasticNetHO(_HyperparameterLinearModel):
     max_iter: int = 30
     tol: float = 1e-6
     coarse_tol: float = 1e-4
+    start_gap: float = 0.1
 
     def __check_init__(self):
         if not 0 < self.l1_ratio <= 1:
