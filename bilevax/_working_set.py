@@ -56,7 +56,7 @@ def _epoch(u, Gu, G, b, lam1, lam2):
     def body(j, carry):
         u, Gu = carry
         h = G[j, j] + lam2[j]
-        v = h * u[j] - (Gu[j] - b[j])
+        v = G[j, j] * u[j] - (Gu[j] - b[j])
         new = jnp.sign(v) * jnp.maximum(jnp.abs(v) - lam1[j], 0.0)
         new = jnp.where(h > 0, new / jnp.where(h > 0, h, 1.0), 0.0)
         return u.at[j].set(new), Gu + G[:, j] * (new - u[j])
