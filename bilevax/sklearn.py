@@ -385,7 +385,7 @@ class LassoHO(_HyperparameterLinearModel):
     n_starts: int = 2
     max_iter: int = 30
     tol: float = 1e-6
-    coarse_tol: float = 1e-4
+    coarse_tol: float = 1e-3
     start_gap: float = 0.1
 
     def _l1_ratio(self):
@@ -420,7 +420,7 @@ class ElasticNetHO(_HyperparameterLinearModel):
     n_starts: int = 2
     max_iter: int = 30
     tol: float = 1e-6
-    coarse_tol: float = 1e-4
+    coarse_tol: float = 1e-3
     start_gap: float = 0.1
 
     def __check_init__(self):
