@@ -61,9 +61,10 @@ def _validation_loss(w, batch):
 
 
 class _Penalty(eqx.Module):
-    """`(λ₁, λ₂) = (ρ α, (1 - ρ) α)` per coordinate, `α = exp(x)`."""
+    """`(λ₁, λ₂) = (ρ α, (1 - ρ) α)` per coordinate, `α = exp(x)`; `ρ` is an
+    array, so that the Lasso and the elastic net share compiled programs."""
 
-    l1_ratio: float
+    l1_ratio: jax.Array
 
     def __call__(self, x, p):
         alpha = jnp.broadcast_to(jnp.exp(x), (p,))
@@ -246,7 +247,7 @@ class _HyperparameterLinearModel(eqx.Module):
         X, t = self._check(X, y)
         dtype = jnp.asarray(0.0).dtype
         s, scale = self._setting(X, t, _folds(self.cv, X.shape[0]), dtype)
-        penalty = _Penalty(self._l1_ratio())
+        penalty = _Penalty(jnp.asarray(self._l1_ratio(), dtype))
         alpha_max = scale / self._l1_ratio()
         grid = np.log(np.geomspace(alpha_max, 1e-3 * alpha_max, self.n_coarse))
         W0 = jnp.zeros((s.batch[2].shape[1], X.shape[1]), dtype)
