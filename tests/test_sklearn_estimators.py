@@ -107,3 +107,16 @@ def test_working_set_hypergradient_equals_finite_differences(l1_ratio, weighted)
             2 * h
         )
         np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-9 * abs(float(value)))
+
+
+@pytest.mark.slow
+def test_high_dimensional_synthetic_reaches_the_grid():
+    """Acceptance 2 on the gene-expression-shaped problem (38 × 7129, 5-sparse)."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((38, 7129))
+    w = np.zeros(7129)
+    w[rng.choice(7129, 5, replace=False)] = rng.choice([-2.0, 2.0], 5)
+    y = X @ w + 0.5 * rng.standard_normal(38)
+    reference = LassoCV(cv=5).fit(X, y)
+    model = bx.sklearn.LassoHO(cv=5).fit(X, y)
+    assert model.validation_error_ <= 1.01 * _grid_best(reference)
