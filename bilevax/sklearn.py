@@ -1,6 +1,7 @@
 r"""scikit-learn-style estimators whose regularisation strength is tuned by
-hypergradient descent on the cross-validation error, the front door to
-`bilevel.ProximalGradient` and the support-restricted adjoint.
+hypergradient descent on the cross-validation error (Bertrand et al.,
+"Implicit differentiation of Lasso-type models for hyperparameter optimization",
+ICML 2020).
 
 The objectives are scikit-learn's, so `alpha_` means what `LassoCV.alpha_` and
 `ElasticNetCV.alpha_` mean:
@@ -12,23 +13,35 @@ The objectives are scikit-learn's, so `alpha_` means what `LassoCV.alpha_` and
 The outer loss is the cross-validation mean squared error, averaged over the
 folds as `LassoCV` does (one inner problem per fold, all solved together; the
 intercept `b` is fitted by centring each training fold, as scikit-learn does).
+Each inner problem is solved by working-set coordinate descent, warm-started
+from the previous `α`, and differentiated on its support only (a `|S| × |S|`
+system; `bilevax/_working_set.py`), as sparse-ho does.
+
 `fit` first evaluates the error on a coarse log grid of `α` from `α_max` (the
-smallest `α` with `w = 0`) down to `1e-3 α_max` (scikit-learn's `eps`); it records
+smallest `α` with `w = 0`) down to `1e-3 α_max` (scikit-learn's `eps`), stopping
+early at the first `α` where a fold's support reaches its rank (training rows
+minus one; beyond it that fold interpolates its training rows, a costly regime
+where `α` no longer selects a model; `coarse_alphas_` is then shorter); it records
 the grid's local minima (`local_minima_`: the validation curve of the Lasso is
-not convex in `α`) and runs HOAG on `log α` from each of the best `n_starts`
-of them, keeping the best end point.
+not convex in `α`) and runs hypergradient descent on `log α` from each of the best
+`n_starts` of them (among those within `1 + start_gap` of the best), keeping the
+best end point. The descent is HOAG's with exact
+hypergradients (Pedregosa, ICML 2016): a trial step `-∇/L` is kept when it
+lowers the error, `L` is then the secant (Barzilai-Borwein) curvature
+`‖Δ∇‖/‖Δ log α‖` (never below a tenth of the previous one), and a rejected step
+multiplies `L` by 4; it stops when the next step would move `log α` by less than
+`1e-4` (in norm). Compiled programs are cached across fits of the same shapes.
 """
 
 import abc
+from typing import NamedTuple
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import prox as _prox
-from .bilevel import HOAG, BilevelData, BilevelProblem, ProximalGradient
-from .implicit import SupportAdjoint
+from ._working_set import solve_fold, support_cotangents
 
 
 def _residuals(w, batch):
@@ -40,33 +53,133 @@ def _residuals(w, batch):
     return t[:, None] - pred - offset / counts
 
 
-def _train_loss(x, w, batch):
-    """`Σ_k 1/(2 n_k) ‖t_k - X_k w_k - b_k‖²` over the training folds."""
-    train = batch[2]
-    return 0.5 * jnp.sum(
-        jnp.sum(train * _residuals(w, batch) ** 2, axis=0) / jnp.sum(train, axis=0)
-    )
-
-
-def _validation_loss(x, w, batch):
+def _validation_loss(w, batch):
     """Mean over folds of the validation mean squared error (`LassoCV`'s)."""
     val = batch[3]
     errors = jnp.sum(val * _residuals(w, batch) ** 2, axis=0) / jnp.sum(val, axis=0)
     return jnp.mean(errors)
 
 
-_PROBLEM = BilevelProblem(outer=_validation_loss, inner=_train_loss)
-# The supports of all folds together: up to ~n per fold before the dense LU gives
-# way to GMRES on the masked system.
-_SUPPORT = SupportAdjoint(max_support=256)
+class _Penalty(eqx.Module):
+    """`(λ₁, λ₂) = (ρ α, (1 - ρ) α)` per coordinate, `α = exp(x)`; `ρ` is an
+    array, so that the Lasso and the elastic net share compiled programs."""
 
+    l1_ratio: jax.Array
 
-class _ElasticNetParams(eqx.Module):
-    l1_ratio: float
-
-    def __call__(self, x):
-        alpha = jnp.exp(x)
+    def __call__(self, x, p):
+        alpha = jnp.broadcast_to(jnp.exp(x), (p,))
         return self.l1_ratio * alpha, (1.0 - self.l1_ratio) * alpha
+
+
+class _Setting(NamedTuple):
+    """What a fit holds fixed: the data and folds, the inner tolerance, the
+    working-set size."""
+
+    batch: tuple
+    tol: float
+    size: int
+
+
+def _solve(penalty, x, W, s):
+    """Each fold's solution from the warm start `W` (`(K, p)`), and the largest
+    optimality violation."""
+    X, t, train, _ = s.batch
+    lam1, lam2 = penalty(x, X.shape[1])
+    fold = lambda m, w: solve_fold(X, t, m, w, lam1, lam2, s.tol, s.size)
+    W, violation = jax.vmap(fold)(train.T, W)
+    return W, jnp.max(violation)
+
+
+def _hypergradient(penalty, x, W, s):
+    """`(V(x), ∇V(x), W, violation)`: the CV error and its gradient in `log α`."""
+    X, t, train, _ = s.batch
+    W, violation = _solve(penalty, x, W, s)
+    value, grad_w = jax.value_and_grad(_validation_loss)(W, s.batch)
+    lam2 = penalty(x, X.shape[1])[1]
+    fold = lambda m, w, g: support_cotangents(X, t, m, w, lam2, g, s.size)
+    ct1, ct2 = jax.vmap(fold)(train.T, W, grad_w)
+    _, vjp = jax.vjp(lambda x_: penalty(x_, X.shape[1]), x)
+    (grad,) = vjp((jnp.sum(ct1, axis=0), jnp.sum(ct2, axis=0)))
+    return value, grad, W, violation
+
+
+@eqx.filter_jit
+def _grid(penalty, log_alphas, W, s):
+    """Errors and solutions along a grid of `log α` (large to small, warm-started),
+    up to the first point where a fold's support reaches its rank `n_k - 1`: from
+    there on that fold interpolates its training rows. Returns the number of
+    points solved, the errors, the solutions and the largest violation."""
+    counts = jnp.sum(s.batch[2], axis=0)
+
+    def cond(c):
+        return (c[0] < log_alphas.shape[0]) & ~c[-1]
+
+    def body(c):
+        i, W, errors, Ws, violation, _ = c
+        W, v = _solve(penalty, log_alphas[i], W, s)
+        error = _validation_loss(W, s.batch)
+        full = jnp.any(jnp.sum(W != 0, axis=1) >= counts - 1)
+        errors, Ws = errors.at[i].set(error), Ws.at[i].set(W)
+        return i + 1, W, errors, Ws, jnp.maximum(violation, v), full
+
+    errors = jnp.full(log_alphas.shape, jnp.inf, W.dtype)
+    Ws = jnp.zeros((log_alphas.shape[0], *W.shape), W.dtype)
+    start = (0, W, errors, Ws, jnp.zeros((), W.dtype), jnp.array(False))
+    k, _, errors, Ws, violation, _ = jax.lax.while_loop(cond, body, start)
+    return k, errors, Ws, violation
+
+
+_solve_jit = eqx.filter_jit(_solve)
+
+
+class _Descent(NamedTuple):
+    x: jax.Array
+    W: jax.Array
+    value: jax.Array
+    grad: jax.Array
+    L: jax.Array
+    k: jax.Array
+    xs: jax.Array
+    values: jax.Array
+    violation: jax.Array
+
+
+def _descent_step(penalty, s):
+    def step(d):
+        x = d.x - d.grad / d.L
+        value, grad, W, violation = _hypergradient(penalty, x, d.W, s)
+        ok = value <= d.value
+        secant = jnp.linalg.norm(grad - d.grad) / jnp.linalg.norm(x - d.x)
+        L = jnp.where(ok, jnp.maximum(secant, d.L / 10), 4 * d.L)
+        keep = lambda new, old: jnp.where(ok, new, old)
+        return _Descent(
+            keep(x, d.x),
+            keep(W, d.W),
+            keep(value, d.value),
+            keep(grad, d.grad),
+            L,
+            d.k + 1,
+            d.xs.at[d.k].set(x),
+            d.values.at[d.k].set(value),
+            keep(violation, d.violation),
+        )
+
+    return step
+
+
+@eqx.filter_jit
+def _descend(penalty, x0, W0, s, step0, max_iter):
+    """Hypergradient descent on `log α` from `x0`, first trying a step of length
+    `step0` (module docstring); the trial points and their errors are recorded in
+    `xs`, `values`."""
+    value, grad, W, violation = _hypergradient(penalty, x0, W0, s)
+    tiny = jnp.finfo(value.dtype).tiny
+    L = jnp.maximum(jnp.linalg.norm(grad) / step0, tiny)
+    xs = jnp.zeros((max_iter + 1, *x0.shape), x0.dtype).at[0].set(x0)
+    values = jnp.full(max_iter + 1, jnp.nan, value.dtype).at[0].set(value)
+    start = _Descent(x0, W, value, grad, L, jnp.array(1), xs, values, violation)
+    cond = lambda d: (d.k <= max_iter) & (jnp.linalg.norm(d.grad) / d.L > 1e-4)
+    return jax.lax.while_loop(cond, _descent_step(penalty, s), start)
 
 
 def _folds(cv, n):
@@ -85,50 +198,27 @@ def _masks(folds, n, dtype):
     return jnp.asarray(train, dtype), jnp.asarray(val, dtype)
 
 
-@eqx.filter_jit
-def _grid_errors(inner, log_alphas, w0, batch, tol):
-    """Validation error along a grid of `log α` (warm-started, large to small)."""
-
-    def one(w, x):
-        g = lambda x_, w_: _train_loss(x_, w_, batch)
-        w, _ = inner.solve(g, w, x, tol)
-        return w, _validation_loss(x, w, batch)
-
-    return jax.lax.scan(one, w0, log_alphas)[1]
-
-
-@eqx.filter_jit
-def _hoag_step(algorithm, state, data):
-    return algorithm.step(_PROBLEM, state, data, None)[0]
-
-
-def _centred_loss(x, w, batch):
-    X, t = batch
-    return 0.5 * jnp.mean((t - X @ w) ** 2)
-
-
-@eqx.filter_jit
-def _refit_solve(inner, x, centred, tol):
-    g = lambda x_, w_: _centred_loss(x_, w_, centred)
-    return inner.solve(g, jnp.zeros(centred[0].shape[1], centred[0].dtype), x, tol)[0]
-
-
 def _local_minima(errors):
     e = np.asarray(errors)
     padded = np.concatenate([[np.inf], e, [np.inf]])
     return np.flatnonzero((e < padded[:-2]) & (e <= padded[2:]))
 
 
+def _check_converged(violation, tol, what):
+    tol = float(tol)
+    if not float(violation) <= 10 * tol:
+        raise RuntimeError(
+            f"`fit`: the {what} did not converge (optimality violation "
+            f"{float(violation):.3g} > {10 * tol:.3g}); raise `tol` or check the data."
+        )
+
+
 class _HyperparameterLinearModel(eqx.Module):
-    """Shared `fit`; subclasses give the prox, `θ(log α)` and `α_max`."""
+    """Shared `fit`; subclasses give `l1_ratio`."""
 
     @abc.abstractmethod
-    def _inner(self) -> ProximalGradient:
-        """The proximal-gradient inner solver."""
-
-    @abc.abstractmethod
-    def _alpha_max(self, X, t) -> float:
-        """The smallest `α` whose solution is zero (on centred data)."""
+    def _l1_ratio(self) -> float:
+        """`ρ`: 1 for the Lasso."""
 
     def _check(self, X, t):
         X, t = np.asarray(X), np.asarray(t)
@@ -141,62 +231,73 @@ class _HyperparameterLinearModel(eqx.Module):
             raise ValueError("`fit(X, y)`: X or y holds NaN or infinity.")
         return X, t
 
+    def _setting(self, X, t, folds, dtype):
+        n, p = X.shape
+        train, val = _masks(folds, n, dtype)
+        batch = (jnp.asarray(X, dtype), jnp.asarray(t, dtype), train, val)
+        Xc, tc = X - X.mean(0), t - t.mean()
+        scale = float(np.max(np.abs(Xc.T @ tc)) / n)  # α_max of the Lasso
+        tol = max(self.tol, 100 * float(np.finfo(dtype).eps)) * scale
+        size = min(p, max(64, 2 * n))
+        return _Setting(batch, jnp.asarray(tol, dtype), size), scale
+
     def fit(self, X, y):
         """Tune `α` on the folds, then refit on all of `(X, y)`; returns a
-        `FittedLinearModel`."""
+        `FittedLinearModel`. Raises `RuntimeError` if an inner solve fails."""
         X, t = self._check(X, y)
         dtype = jnp.asarray(0.0).dtype
-        folds = _folds(self.cv, X.shape[0])
-        train, val = _masks(folds, X.shape[0], dtype)
-        batch = (jnp.asarray(X, dtype), jnp.asarray(t, dtype), train, val)
-        w0 = jnp.zeros((len(folds), X.shape[1]), dtype)
-        alpha_max = self._alpha_max(X - X.mean(0), t - t.mean())
-        grid = jnp.log(jnp.geomspace(alpha_max, 1e-3 * alpha_max, self.n_coarse))
-        grid = grid.astype(dtype)
-        tol = max(self.tol, 100 * np.finfo(dtype).eps) * np.sqrt(np.mean(t**2))
-        errors = np.asarray(_grid_errors(self._inner(), grid, w0, batch, tol))
+        s, scale = self._setting(X, t, _folds(self.cv, X.shape[0]), dtype)
+        penalty = _Penalty(jnp.asarray(self._l1_ratio(), dtype))
+        alpha_max = scale / self._l1_ratio()
+        grid = np.log(np.geomspace(alpha_max, 1e-3 * alpha_max, self.n_coarse))
+        W0 = jnp.zeros((s.batch[2].shape[1], X.shape[1]), dtype)
+        coarse = s._replace(tol=jnp.maximum(s.tol, self.coarse_tol * scale))
+        k, errors, Ws, violation = _grid(penalty, jnp.asarray(grid, dtype), W0, coarse)
+        _check_converged(violation, coarse.tol, "coarse grid's solves")
+        grid, errors = grid[: int(k)], np.asarray(errors)[: int(k)]
         minima = _local_minima(errors)
+        minima = minima[errors[minima] <= (1 + self.start_gap) * errors.min()]
         starts = minima[np.argsort(errors[minima])][: self.n_starts]
-        runs = [self._descend(grid[i], w0, batch, tol) for i in starts]
-        path, errors_path = min(runs, key=lambda r: min(r[1]))
-        x = path[int(np.argmin(errors_path))]  # the best point visited
-        error = _grid_errors(self._inner(), x[None], w0, batch, tol)[0]
-        return self._refit(X, t, (path, x, errors_path, float(error)), grid, errors)
+        shape = (X.shape[1],) if self.weighted else ()
+        step0 = jnp.asarray(0.5 * (grid[0] - grid[1]), dtype)  # half a grid cell
+        runs = [
+            _descend(
+                penalty,
+                jnp.full(shape, grid[i], dtype),
+                Ws[i],
+                coarse,
+                step0,
+                self.max_iter,
+            )
+            for i in starts
+        ]
+        rough = min(runs, key=lambda d: float(d.value))
+        # polish the best run with tight solves, from the step it would take next
+        step = jnp.maximum(jnp.linalg.norm(rough.grad) / rough.L, 1e-3)
+        best = _descend(penalty, rough.x, rough.W, s, step, self.max_iter)
+        _check_converged(best.violation, s.tol, "hypergradient descent's solves")
+        path = [(d.xs[: int(d.k)], d.values[: int(d.k)]) for d in (rough, best)]
+        return self._refit(X, t, penalty, best, path, (grid, errors))
 
-    def _descend(self, x0, w0, batch, tol):
-        """HOAG on `log α` from `x0`; returns the path of `x` and its errors."""
-        shape = (batch[0].shape[1],) if self.weighted else ()
-        x = jnp.full(shape, x0)
-        algorithm = HOAG(inner_solver=self._inner(), eps0=self.eps0)
-        data = BilevelData(batch, batch)
-        state = algorithm.init(_PROBLEM, x, w0, data, None)
-        xs, errors = [], []
-        for _ in range(self.max_iter):
-            state = _hoag_step(algorithm, state, data)
-            xs.append(state.prev_x)  # the accepted point and its error
-            errors.append(float(state.prev_value))
-            if float(state.delta) <= 1e-4:  # the next step moves log α by <= 1e-4
-                break
-        return xs, errors
-
-    def _refit(self, X, t, best, grid, errors):
-        path, x, path_errors, error = best
-        x_mean, t_mean = X.mean(0), t.mean()
-        centred = (jnp.asarray(X - x_mean), jnp.asarray(t - t_mean))
-        tol = 1e-3 * self.tol * float(np.sqrt(np.mean(t**2)))
-        w = _refit_solve(self._inner(), x, centred, tol)
-        coef = np.asarray(w)
-        alphas = np.exp(np.asarray(grid))
+    def _refit(self, X, t, penalty, best, path, coarse):
+        n, p = X.shape
+        dtype = best.W.dtype
+        s, _ = self._setting(X, t, [(np.arange(n), np.arange(n))], dtype)
+        W, violation = _solve_jit(penalty, best.x, jnp.zeros((1, p), dtype), s)
+        _check_converged(violation, s.tol, "refit")
+        coef = np.asarray(W[0])
+        grid, errors = coarse
+        alphas = np.exp(grid)
         return FittedLinearModel(
-            alpha_=np.exp(np.asarray(x)),
+            alpha_=np.exp(np.asarray(best.x)),
             coef_=coef,
-            intercept_=float(t_mean - x_mean @ coef),
-            validation_error_=error,
+            intercept_=float(t.mean() - X.mean(0) @ coef),
+            validation_error_=float(best.value),
             coarse_alphas_=alphas,
-            coarse_errors_=np.asarray(errors),
+            coarse_errors_=errors,
             local_minima_=alphas[_local_minima(errors)],
-            alpha_path_=np.exp(np.stack([np.asarray(p) for p in path])),
-            error_path_=np.asarray(path_errors),
+            alpha_path_=np.exp(np.concatenate([np.asarray(x) for x, _ in path])),
+            error_path_=np.concatenate([np.asarray(v) for _, v in path]),
         )
 
 
@@ -254,8 +355,13 @@ class LassoHO(_HyperparameterLinearModel):
     - `weighted`: one `α_j` per feature (the weighted Lasso), started from the
       best scalar of the coarse grid.
     - `n_coarse`: points of the coarse grid; `n_starts`: hypergradient runs from
-      the best grid local minima; `max_iter`: HOAG steps per run; `eps0`: HOAG's
-      first tolerance; `tol`: inner tolerance relative to `rms(y)`.
+      the best grid local minima, among those whose error is within a factor
+      `1 + start_gap` of the grid's best; `max_iter`: hypergradient steps per run;
+      `tol`: the inner solves' optimality violation (largest distance of the
+      gradient to the subdifferential), relative to the Lasso's `α_max`;
+      `coarse_tol`: the same for the coarse grid's solves (looser: they only
+      choose the starting points, and solves at small `α`, where the support
+      nears the number of samples, are the costly ones).
 
     `fit(X, y)` raises `ValueError` for mismatched shapes or non-finite data.
 
@@ -279,14 +385,12 @@ class LassoHO(_HyperparameterLinearModel):
     n_coarse: int = 10
     n_starts: int = 2
     max_iter: int = 30
-    eps0: float = 1e-3
     tol: float = 1e-6
+    coarse_tol: float = 1e-3
+    start_gap: float = 0.1
 
-    def _inner(self):
-        return ProximalGradient(_prox.l1, jnp.exp, num_steps=100_000, support=_SUPPORT)
-
-    def _alpha_max(self, X, t):
-        return float(np.max(np.abs(X.T @ t)) / X.shape[0])
+    def _l1_ratio(self):
+        return 1.0
 
 
 class ElasticNetHO(_HyperparameterLinearModel):
@@ -316,21 +420,16 @@ class ElasticNetHO(_HyperparameterLinearModel):
     n_coarse: int = 10
     n_starts: int = 2
     max_iter: int = 30
-    eps0: float = 1e-3
     tol: float = 1e-6
+    coarse_tol: float = 1e-3
+    start_gap: float = 0.1
 
     def __check_init__(self):
         if not 0 < self.l1_ratio <= 1:
             raise ValueError(f"`l1_ratio` must be in (0, 1]; got {self.l1_ratio}.")
 
-    def _inner(self):
-        params = _ElasticNetParams(self.l1_ratio)
-        return ProximalGradient(
-            _prox.elastic_net, params, num_steps=100_000, support=_SUPPORT
-        )
-
-    def _alpha_max(self, X, t):
-        return float(np.max(np.abs(X.T @ t)) / (X.shape[0] * self.l1_ratio))
+    def _l1_ratio(self):
+        return self.l1_ratio
 
 
 __all__ = ["ElasticNetHO", "FittedLinearModel", "LassoHO"]
