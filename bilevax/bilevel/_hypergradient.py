@@ -17,7 +17,7 @@ from jaxtyping import Array, PyTree
 from .._display import fields_repr, status_name, summarize
 from ..implicit import ImplicitAdjoint, conditions, iterate, root_vjp
 from ..implicit._iterate import AbstractIterateAdjoint
-from ..implicit._linear_solve import CG, default_tolerance
+from ..implicit._linear_solve import CG, default_tolerance, raise_if_failed
 from ..implicit._tree import tree_all_finite, tree_norm
 from ..solvers import RESULTS, AugmentedLagrangian, ConstrainedProblem, minimize
 from ._inner import AbstractInnerSolver, GradientDescent
@@ -288,12 +288,14 @@ def _compiled_hypergradient(
         "size, or warm-start `y0` near the solution; or pass `throw=False` and "
         "read `stats`.",
     )
-    return eqx.error_if(
+    linear_solver = getattr(adjoint, "linear_solver", None) or CG
+    return raise_if_failed(
         out,
-        out[3].linear_result != lx.RESULTS.successful,
-        "`hypergradient`: the adjoint linear solve failed (see `stats.linear_result` "
-        "with `throw=False`): it did not converge, diverged (a Neumann scale outside "
-        "the convergence region) or met a Hessian that is not positive definite.",
+        out[3].linear_result,
+        out[3].linear_residual,
+        linear_solver,
+        "`hypergradient`",
+        "stats.linear_result",
     )
 
 
@@ -314,7 +316,7 @@ def _hypergradient(
     problem, x, y0, inner_solver, adjoint, data, tol, inner_rtol, adjoint_y0
 ):
     data = as_data(data)
-    check_problem(problem, x, y0, data)
+    check_problem(problem, x, y0, data, ("x", "y0"))
     g = lambda x_, y_: problem.inner(x_, y_, data.inner)
     f = lambda x_, y_: problem.outer(x_, y_, data.outer)
     if isinstance(inner_solver, ConstrainedInner):

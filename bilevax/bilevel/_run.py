@@ -362,7 +362,7 @@ def _start(algorithm, problem, x0, y0, data, key, state, start):
     """Checks, `init` (unless resumed) and the loop's carry `(state, status code,
     steps done, steps before this run, next step index, unconverged inner steps)`.
     The run does not start when the losses at the starting point are non-finite."""
-    check_problem(problem, x0, y0, data)
+    check_problem(problem, x0, y0, data, ("x0", "y0"))
     init_key, run_key = jax.random.split(key)
     # strongly typed, so that a chunk's carry out has the types of its carry in
     start = jnp.zeros((), int) if start is None else jnp.asarray(start)

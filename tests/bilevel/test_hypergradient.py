@@ -225,3 +225,20 @@ def test_runs_count_unconverged_inner_steps():
     assert int(run(bx.bilevel.GradientDescent()).inner_unconverged_steps) == 0
     hoag = bx.bilevel.HOAG().run(_SIGN, jnp.zeros(1), jnp.zeros(1), num_steps=20)
     assert int(hoag.inner_unconverged_steps) == 0
+
+
+def test_failed_adjoint_solve_names_solver_residual_and_remedy():
+    H = jnp.diag(jnp.array([1.0, 10.0, 100.0]))
+    problem = bx.bilevel.BilevelProblem(
+        outer=lambda x, y, b: 0.5 * jnp.sum((y - 1) ** 2),
+        inner=lambda x, y, b: 0.5 * y @ H @ y - x @ y,
+    )
+    adjoint = bx.implicit.ImplicitAdjoint(bx.implicit.CG(rtol=1e-12, max_steps=1))
+    with pytest.raises(
+        Exception,
+        match=r"(?s)`hypergradient`: .*status `max_steps_reached`.*"
+        r"`stats.linear_result`.*CG reached a relative residual between.*lineax.LU",
+    ):
+        bx.bilevel.hypergradient(
+            problem, jnp.ones(3), jnp.zeros(3), bx.bilevel.LBFGS(), adjoint
+        )

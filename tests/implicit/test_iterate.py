@@ -342,3 +342,20 @@ def test_implicit_adjoint_derivative_in_y0_is_the_limit_of_unrolled():
     unrolled = lambda y0: iterate(step, y0, 0.1, 400, adjoint=UnrolledAdjoint())
     assert jax.grad(implicit)(0.0) == 0.0
     assert abs(jax.grad(unrolled)(0.0)) < 1e-15
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        lambda y, x, t: jnp.zeros(3),
+        lambda y, x, t: (y, y),
+        lambda y, x, t: (0.5 * y + x).astype(jnp.float32),
+    ],
+    ids=["shape", "structure", "dtype"],
+)
+def test_step_of_the_wrong_structure_is_named(step):
+    from bilevax.implicit import ImplicitAdjoint, UnrolledAdjoint, iterate
+
+    for adjoint in (ImplicitAdjoint(), UnrolledAdjoint()):
+        with pytest.raises(ValueError, match=r"(?s)`step`.*y0:.*step\(y0, ...\)"):
+            iterate(step, jnp.zeros(2), jnp.ones(2), 5, adjoint=adjoint)
