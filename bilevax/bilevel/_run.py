@@ -123,11 +123,13 @@ class History(eqx.Module):
     - `step`: outer iterations done at the record.
     - `outer_loss`: `f(x, y)` on the whole outer data at the current `(x, y)`.
     - `hypergradient_norm`: norm of the (estimated) hypergradient of the last step.
-    - `inner_residual`: `‖∇_y g(x, y)‖` on the whole inner data: 0 at an
-      unconstrained inner minimum, so small is good. With constraints on the
-      lower level (`LVHBA`) it does not go to 0: at the constrained minimum
-      `∇_y g` is balanced by the constraints' multipliers, so a value such as 2
-      there is no failure; judge such runs by `result` and the outer loss.
+    - `inner_residual`: the algorithm's lower-level residual on the whole data
+      (`AbstractBilevelAlgorithm.inner_residual`); small is good. `‖∇_y g(x, y)‖`,
+      0 at an unconstrained inner minimum; for `LVHBA`, whose lower level has
+      constraints (at its minimum `∇_y g` is balanced by the multipliers and does
+      not vanish), the value-function gap `g(x, y) - v_γ(x, y, z)`, 0 when `y`
+      solves the constrained lower level; the repr of a result then calls it
+      `value_function_gap`.
 
     Example:
 
@@ -210,15 +212,18 @@ class BilevelResult(eqx.Module):
         h = self.history
         if h.step.ndim == 1 and not isinstance(h.step, jax.core.Tracer):
             for k in ("outer_loss", "hypergradient_norm", "inner_residual"):
-                fields[k] = summarize(getattr(h, k)[-1])
+                # e.g. LV-HBA's state names its residual `value_function_gap`
+                label = getattr(self.state, k + "_name", k)
+                fields[label] = summarize(getattr(h, k)[-1])
         fields["x"], fields["y"] = summarize(self.x), summarize(self.y)
         return fields_repr("BilevelResult", fields)
 
 
-def _full_batch_record(problem, x, y, data: BilevelData, info: StepInfo, k):
+def _full_batch_record(algorithm, problem, state, data: BilevelData, info, k):
+    x, y = algorithm.iterates(state)
     outer = problem.outer(x, y, data.outer)
-    grad_y = jax.grad(problem.inner, argnums=1)(x, y, data.inner)
-    return History(k, outer, info.hypergradient_norm, tree_norm(grad_y))
+    residual = algorithm.inner_residual(problem, state, data)
+    return History(k, outer, info.hypergradient_norm, residual)
 
 
 class AbstractBilevelAlgorithm(eqx.Module):
@@ -258,6 +263,14 @@ class AbstractBilevelAlgorithm(eqx.Module):
     @abc.abstractmethod
     def iterates(self, state) -> tuple[PyTree[Array], PyTree[Array]]:
         """The current `(x, y)` of a state."""
+
+    def inner_residual(self, problem: BilevelProblem, state, data: BilevelData):
+        """The lower-level residual recorded in `History.inner_residual`, on the
+        whole data: `‖∇_y g(x, y)‖` (0 at an unconstrained inner minimum). An
+        algorithm whose lower level has constraints records the residual its
+        convergence is judged on instead (`LVHBA`: the value-function gap)."""
+        x, y = self.iterates(state)
+        return tree_norm(jax.grad(problem.inner, argnums=1)(x, y, data.inner))
 
     def run(
         self,
@@ -368,8 +381,9 @@ def _start(algorithm, problem, x0, y0, data, key, state, start):
     start = jnp.zeros((), int) if start is None else jnp.asarray(start)
     if state is None:
         state = algorithm.init(problem, x0, y0, data, init_key)
-    x, y = algorithm.iterates(state)
-    first = _full_batch_record(problem, x, y, data, StepInfo(jnp.zeros(())), start)
+    first = _full_batch_record(
+        algorithm, problem, state, data, StepInfo(jnp.zeros(())), start
+    )
     return (
         state,
         _record_code(first, jnp.array(_RUNNING, jnp.int32)),
@@ -516,8 +530,9 @@ def _chunk(algorithm, problem, data, carry, run_key, length):
     nan = jnp.full((), jnp.nan, dtype)
     carry, norm = jax.lax.fori_loop(0, length, one, (carry, nan))
     state, code, done, start, t, unconverged = carry
-    x, y = algorithm.iterates(state)
-    record = _full_batch_record(problem, x, y, data, StepInfo(norm), start + done)
+    record = _full_batch_record(
+        algorithm, problem, state, data, StepInfo(norm), start + done
+    )
     code = _record_code(record, code)
     return (state, code, done, start, t, unconverged), record
 

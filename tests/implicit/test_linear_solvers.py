@@ -201,15 +201,15 @@ def test_failed_adjoint_solve_is_explained():
     F = conditions.stationarity(lambda y, a: 0.5 * y @ H @ y - a @ y)
     one_step = lx.GMRES(rtol=1e-12, atol=1e-12, max_steps=1, restart=1)
     expected = (
-        r"(?s)status `max_steps_reached`.*GMRES reached a relative residual "
+        r"status `max_steps_reached`.*GMRES reached a relative residual "
         r"between 1e-?\d+ and 1e-?\d+.*lineax.LU\(\)"
     )
-    with pytest.raises(eqx.EquinoxRuntimeError, match="`root_vjp`: " + expected):
+    with pytest.raises(eqx.EquinoxRuntimeError, match="(?s)`root_vjp`: .*" + expected):
         root_vjp(F, jnp.ones(3), (jnp.ones(3),), jnp.ones(3), linear_solver=one_step)
     _, stats = root_vjp(
         F, jnp.ones(3), (jnp.ones(3),), jnp.ones(3), linear_solver=one_step, throw=False
     )
     assert stats.result == lx.RESULTS.max_steps_reached
     solve = custom_root(F, one_step)(lambda init, a: jnp.linalg.solve(H, a))
-    with pytest.raises(Exception, match="`custom_root`.*" + expected[4:]):
+    with pytest.raises(Exception, match="(?s)`custom_root`.*" + expected):
         jax.grad(lambda a: solve(jnp.zeros(3), a).sum())(jnp.ones(3))
