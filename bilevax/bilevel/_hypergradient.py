@@ -108,8 +108,8 @@ class HypergradientStats(eqx.Module):
       is none).
     - `inner_failed`: the inner solve failed: `ConstrainedInner` reported failure
       (infeasible constraints, no convergence, NaN), or the inner residual is
-      non-finite, or a tolerance-based solve (implicit adjoint) left it larger than
-      at its start `y0` (the inner iteration diverges).
+      non-finite, or a tolerance-based solve (implicit adjoint) left it more than
+      10 times larger than at its start `y0` (the inner iteration diverges).
     - `inner_result`: a `bilevax.solvers.RESULTS`: `successful`, `nonfinite` (the
       inner residual is NaN or infinite), or `max_steps_reached` when a solve for
       the implicit adjoint stopped short of the tolerance `inner_rtol` (see
@@ -309,7 +309,9 @@ def _inner_status(residual, start, tol, inner_rtol):
         RESULTS.where(converged, RESULTS.successful, RESULTS.max_steps_reached),
         RESULTS.nonfinite,
     )
-    return result, ~finite | (~converged & (residual > start))
+    # growth by a factor 10: a diverging iteration, not the non-monotone residual
+    # of a converging one on a nonconvex lower level
+    return result, ~finite | (~converged & (residual > 10 * start))
 
 
 def _hypergradient(

@@ -18,7 +18,7 @@ outer loss or `∇_y g` on the whole data is non-finite at `(x0, y0)` (NaN in th
 data or in `x0`/`y0`), and stops likewise when a record finds them non-finite.
 A step whose inner solve reports failure (a constrained lower level that is
 infeasible at the current `x`; an inner residual `‖∇_y g‖` that is non-finite or
-that the inner solve made larger) is undone and the run stops with
+that the inner solve made ten times larger) is undone and the run stops with
 `RESULTS.inner_failed`.
 
 A step whose inner solve merely did not reach its tolerance (warm-started
