@@ -108,7 +108,14 @@ def run_one(name, algorithm, problem, x0, z0, data, steps, record_every, metric)
     )
     run = jax.jit(
         lambda st, key: algorithm.run(
-            problem, x0, z0, data, key=key, num_steps=record_every, state=st
+            problem,
+            x0,
+            z0,
+            data,
+            key=key,
+            num_steps=record_every,
+            state=st,
+            throw=False,  # a failed run is reported below by its status
         )
     )
     start = time.perf_counter()

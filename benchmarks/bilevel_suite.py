@@ -52,7 +52,14 @@ def trajectory(algorithm, p, steps, record, key=None):
     def chunk(state, total):
         prev = B.BilevelResult(None, None, state, None, None, None, total)
         return algorithm.run(
-            p.problem, p.x0, p.y0, data, key=key, num_steps=record, state=prev
+            p.problem,
+            p.x0,
+            p.y0,
+            data,
+            key=key,
+            num_steps=record,
+            state=prev,
+            throw=False,  # the final status is returned
         )
 
     chunk = jax.jit(chunk)

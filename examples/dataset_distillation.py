@@ -226,7 +226,12 @@ def main():
     per_chunk = max(1, steps // chunks)
     run = eqx.filter_jit(
         lambda support, state, key, data: distill.run(
-            support, data, key=key, num_steps=per_chunk, state=state
+            support,
+            data,
+            key=key,
+            num_steps=per_chunk,
+            state=state,
+            throw=False,  # a failed run is reported below by its status
         )
     )
     curves, histories, seconds = {}, {}, {}

@@ -230,7 +230,14 @@ def main():
         state = algorithm.init(problem, x0, params0, data, jax.random.key(0))
         run = jax.jit(
             lambda state, key, algorithm=algorithm: algorithm.run(
-                problem, x0, params0, data, key=key, num_steps=per_chunk, state=state
+                problem,
+                x0,
+                params0,
+                data,
+                key=key,
+                num_steps=per_chunk,
+                state=state,
+                throw=False,  # a failed run is reported below by its status
             )
         )
         run(state, jax.random.key(0)).x.block_until_ready()  # compile

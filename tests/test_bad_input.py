@@ -59,7 +59,7 @@ def _run(name, problem=None, x0=X0, y0=Y0, data=DATA, num_steps=20):
         algorithm = B.F2SA(lr_inner=5.0)
     if problem is STIFF and name == "LVHBA":
         algorithm = LVHBA_FIXED
-    return algorithm.run(problem, x0, y0, data, num_steps=num_steps)
+    return algorithm.run(problem, x0, y0, data, num_steps=num_steps, throw=False)
 
 
 def _status(result, *bad):
@@ -132,7 +132,9 @@ case("DatasetDistillation", "integer dtype", (TypeError, "float"))(
     lambda: DISTILL.run((SUPPORT[0].astype(int), SUPPORT[1]), REAL, num_steps=2)
 )
 case("DatasetDistillation", "NaN data", lambda r: _status(r, B.RESULTS.diverged))(
-    lambda: DISTILL.run(SUPPORT, (REAL[0].at[:, 1].set(jnp.nan), REAL[1]), num_steps=3)
+    lambda: DISTILL.run(
+        SUPPORT, (REAL[0].at[:, 1].set(jnp.nan), REAL[1]), num_steps=3, throw=False
+    )
 )
 
 

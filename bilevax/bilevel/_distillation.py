@@ -382,6 +382,7 @@ class DatasetDistillation(AbstractBilevelAlgorithm):
         progress: bool = False,
         callback=None,
         state=None,
+        throw: bool = True,
     ) -> BilevelResult:
         """Distil `data = (X, Y)` into a support set initialised at `support`.
 
@@ -391,8 +392,8 @@ class DatasetDistillation(AbstractBilevelAlgorithm):
           subset with its one-hot targets.
         - `data`: real `(X (n, ...), Y (n, C))`; `X` of the same trailing shape and
           dtype as `X_s`.
-        - `key`, `num_steps`, `record_every`, `progress`, `callback`, `state`: as
-          `AbstractBilevelAlgorithm.run`.
+        - `key`, `num_steps`, `record_every`, `progress`, `callback`, `state`,
+          `throw`: as `AbstractBilevelAlgorithm.run`.
 
         **Returns:** a `BilevelResult`; `x` is the distilled support set.
         """
@@ -417,4 +418,5 @@ class DatasetDistillation(AbstractBilevelAlgorithm):
             progress=progress,
             callback=callback,
             state=state,
+            throw=throw,
         )

@@ -16,9 +16,8 @@ from jaxtyping import Array, PyTree
 
 from .._display import fields_repr, status_name, summarize
 from ..implicit import ImplicitAdjoint, conditions, iterate, root_vjp
-from ..implicit._implicit import raise_if_failed
 from ..implicit._iterate import AbstractIterateAdjoint
-from ..implicit._linear_solve import CG, default_tolerance
+from ..implicit._linear_solve import CG, default_tolerance, raise_if_failed
 from ..implicit._tree import tree_all_finite, tree_norm
 from ..solvers import RESULTS, AugmentedLagrangian, ConstrainedProblem, minimize
 from ._inner import AbstractInnerSolver, GradientDescent
@@ -93,6 +92,7 @@ def _constrained_hypergradient(problem, f, g, x, y0, inner: ConstrainedInner):
         zero,
         lx.RESULTS.successful,
         failed,
+        inner_result=sol.result,
     )
     return value, grad, jax.lax.stop_gradient(sol.y), stats
 
@@ -106,8 +106,17 @@ class HypergradientStats(eqx.Module):
       otherwise).
     - `linear_result`: lineax status of the adjoint solve (`successful` when there
       is none).
-    - `inner_failed`: the inner solve reported failure (only `ConstrainedInner`
-      reports: infeasible constraints, no convergence, NaN).
+    - `inner_failed`: the inner solve failed: `ConstrainedInner` reported failure
+      (infeasible constraints, no convergence, NaN), or the inner residual is
+      non-finite, or a tolerance-based solve (implicit adjoint) left it more than
+      10 times larger than at its start `y0` (the inner iteration diverges).
+    - `inner_result`: a `bilevax.solvers.RESULTS`: `successful`, `nonfinite` (the
+      inner residual is NaN or infinite), or `max_steps_reached` when a solve for
+      the implicit adjoint stopped short of the tolerance `inner_rtol` (see
+      `hypergradient`): the implicit function theorem only holds at a solution,
+      so that hypergradient may be wrong, even in sign. An unrolled or truncated
+      adjoint differentiates the iterations it ran, converged or not, and reports
+      `successful` or `nonfinite` only.
     - `adjoint`: the adjoint vector `v` of `∇²_yy g v = ∇_y f` (implicit only;
       `None` otherwise), the warm start `adjoint_y0` of the next hypergradient.
       Not shown in the repr.
@@ -126,7 +135,7 @@ class HypergradientStats(eqx.Module):
     >>> stats
     HypergradientStats(inner_steps=1, inner_residual=0, linear_steps=0,
                        linear_residual=0, linear_result=successful,
-                       inner_failed=False)
+                       inner_failed=False, inner_result=successful)
 
     ```
     """
@@ -138,6 +147,7 @@ class HypergradientStats(eqx.Module):
     linear_result: lx.RESULTS
     inner_failed: Array = eqx.field(default_factory=lambda: jnp.array(False))
     adjoint: PyTree[Array] = None
+    inner_result: RESULTS = eqx.field(default_factory=lambda: RESULTS.successful)
 
     def __repr__(self):
         fields = {
@@ -151,6 +161,7 @@ class HypergradientStats(eqx.Module):
         }
         fields["linear_result"] = status_name(self.linear_result)
         fields["inner_failed"] = summarize(self.inner_failed)
+        fields["inner_result"] = status_name(self.inner_result)
         return fields_repr("HypergradientStats", fields)
 
 
@@ -163,6 +174,7 @@ def hypergradient(
     data=None,
     *,
     tol: float | Array | None = None,
+    inner_rtol: float | Array = 1e-3,
     adjoint_y0: PyTree[Array] | None = None,
     throw: bool = True,
 ):
@@ -183,6 +195,13 @@ def hypergradient(
       `sample_batch` before calling for a stochastic hypergradient), or `None`.
     - `tol`: implicit only: inner solve to `‖∇_y g‖ <= tol` and adjoint CG to
       relative residual `tol` (default: 1e-10 in float64, 1e-5 in float32).
+    - `inner_rtol`: implicit only: the inner solve counts as converged when its
+      residual `‖∇_y g(x, y)‖` at the returned `y` is at most `tol` or at most
+      `inner_rtol · ‖∇_y g(x, y0)‖` (default 1e-3: three orders of magnitude
+      below the starting residual). Otherwise `stats.inner_result` is
+      `max_steps_reached` and `throw=True` raises: the implicit function theorem
+      only holds at a solution. Pass `inner_rtol=float("inf")` to accept any
+      finite inner solution.
     - `adjoint_y0`: implicit only: initial guess of the adjoint vector (a pytree
       like `y`), e.g. the previous outer step's `stats.adjoint` (HOAG's warm
       start); used by `bilevax.implicit.CG` and lineax's iterative solvers.
@@ -191,10 +210,16 @@ def hypergradient(
       With `throw=False` they are returned as they are, for the caller to check;
       the algorithms' `run` does, and stops with `RESULTS.diverged`. A failed
       adjoint solve (`stats.linear_result`) raises too. Whether the inner solve
-      converged is in `stats` either way. A lower level that `ConstrainedInner`
-      reports failed (`stats.inner_failed`, e.g. infeasible constraints at `x`)
-      also raises; with `throw=False` its hypergradient is zero (no adjoint solve
-      is attempted) and the algorithms' `run` stops with `RESULTS.inner_failed`.
+      converged is in `stats` either way (`stats.inner_result`); with the
+      implicit adjoint an unconverged inner solve raises too, naming the remedies
+      (more inner steps, a larger inner step size, a warm start `y0`). A failed
+      lower level (`stats.inner_failed`: `ConstrainedInner` reports failure, e.g.
+      infeasible constraints at `x`, or the inner residual is non-finite or grew)
+      also raises; with `throw=False` a `ConstrainedInner` failure gives a zero
+      hypergradient (no adjoint solve is attempted), and the algorithms' `run`
+      stops with `RESULTS.inner_failed`. Warm-started `HypergradientDescent` and
+      `HOAG` call this with `throw=False` and only count the steps whose inner
+      solve did not converge (`BilevelResult.inner_unconverged_steps`).
 
     **Returns:** `(value, grad, y, stats)`: the outer loss at `(x, y)`, the
     hypergradient (a pytree like `x`), the inner solution and `HypergradientStats`.
@@ -220,7 +245,7 @@ def hypergradient(
     ```
     """
     return _compiled_hypergradient(
-        problem, x, y0, inner_solver, adjoint, data, tol, throw, adjoint_y0
+        problem, x, y0, inner_solver, adjoint, data, tol, inner_rtol, throw, adjoint_y0
     )
 
 
@@ -228,9 +253,11 @@ def hypergradient(
 # the same problem functions reuses the compiled program (inside `jit` it is inlined).
 @eqx.filter_jit
 def _compiled_hypergradient(
-    problem, x, y0, inner_solver, adjoint, data, tol, throw, adjoint_y0
+    problem, x, y0, inner_solver, adjoint, data, tol, inner_rtol, throw, adjoint_y0
 ):
-    out = _hypergradient(problem, x, y0, inner_solver, adjoint, data, tol, adjoint_y0)
+    out = _hypergradient(
+        problem, x, y0, inner_solver, adjoint, data, tol, inner_rtol, adjoint_y0
+    )
     if not throw:
         return out
     # a NaN inner residual: NaN data that the inner solver never moved from y0
@@ -246,19 +273,52 @@ def _compiled_hypergradient(
         out,
         out[3].inner_failed,
         "`hypergradient`: the lower-level solve failed (`stats.inner_failed`: "
-        "infeasible constraints, no convergence or NaN); there is no solution to "
-        "differentiate. Pass `throw=False` to get the status in `stats` instead.",
+        "infeasible constraints, no convergence, NaN, or an inner iteration whose "
+        "residual ‖∇_y g‖ grew: lower the inner step size); there is no solution "
+        "to differentiate. Pass `throw=False` to get the status in `stats` instead.",
     )
+    out = eqx.error_if(
+        out,
+        out[3].inner_result == RESULTS.max_steps_reached,
+        "`hypergradient`: the inner solve did not converge (`stats.inner_result` is "
+        "`max_steps_reached`: ‖∇_y g(x, y)‖ above `tol` and above `inner_rtol` times "
+        "its value at y0), and the implicit function theorem only holds at a "
+        "solution: this hypergradient may be wrong, even in sign. Give the inner "
+        "solver more steps (`GradientDescent(num_steps=...)`) or a larger step "
+        "size, or warm-start `y0` near the solution; or pass `throw=False` and "
+        "read `stats`.",
+    )
+    linear_solver = getattr(adjoint, "linear_solver", None) or CG
     return raise_if_failed(
         out,
         out[3].linear_result,
-        "`hypergradient`: the adjoint linear solve (`stats.linear_result`)",
+        out[3].linear_residual,
+        linear_solver,
+        "`hypergradient`",
+        "stats.linear_result",
     )
 
 
-def _hypergradient(problem, x, y0, inner_solver, adjoint, data, tol, adjoint_y0):
+def _inner_status(residual, start, tol, inner_rtol):
+    """`(inner_result, inner_failed)` of a solve to tolerance from the residual it
+    reached and the one it started from (see `HypergradientStats`)."""
+    finite = jnp.isfinite(residual)
+    converged = (residual <= tol) | (residual <= inner_rtol * start)
+    result = RESULTS.where(
+        finite,
+        RESULTS.where(converged, RESULTS.successful, RESULTS.max_steps_reached),
+        RESULTS.nonfinite,
+    )
+    # growth by a factor 10: a diverging iteration, not the non-monotone residual
+    # of a converging one on a nonconvex lower level
+    return result, ~finite | (~converged & (residual > 10 * start))
+
+
+def _hypergradient(
+    problem, x, y0, inner_solver, adjoint, data, tol, inner_rtol, adjoint_y0
+):
     data = as_data(data)
-    check_problem(problem, x, y0, data)
+    check_problem(problem, x, y0, data, ("x", "y0"))
     g = lambda x_, y_: problem.inner(x_, y_, data.inner)
     f = lambda x_, y_: problem.outer(x_, y_, data.outer)
     if isinstance(inner_solver, ConstrainedInner):
@@ -293,13 +353,18 @@ def _hypergradient(problem, x, y0, inner_solver, adjoint, data, tol, adjoint_y0)
             throw=False,
         )
         grad = jtu.tree_map(jnp.add, grad_x, ct_x)
+        residual = tree_norm(grad_y_g(x, y))
+        start = tree_norm(grad_y_g(x, jax.lax.stop_gradient(y0)))
+        inner_result, failed = _inner_status(residual, start, tol, inner_rtol)
         stats = HypergradientStats(
             inner_steps,
-            tree_norm(grad_y_g(x, y)),
+            residual,
             istats.num_steps,
             istats.residual,
             istats.result,
+            failed,
             adjoint=istats.solution,
+            inner_result=inner_result,
         )
         return value, grad, y, stats
 
@@ -315,11 +380,15 @@ def _hypergradient(problem, x, y0, inner_solver, adjoint, data, tol, adjoint_y0)
         return f(x_, y_), y_
 
     (value, y), grad = jax.value_and_grad(outer_of_x, has_aux=True)(x)
+    residual = tree_norm(grad_y_g(x, y))
+    finite = jnp.isfinite(residual)
     stats = HypergradientStats(
         jnp.array(inner_solver.num_steps),
-        tree_norm(grad_y_g(x, y)),
+        residual,
         jnp.array(0),
         jnp.zeros((), jnp.result_type(*jtu.tree_leaves(x))),
         lx.RESULTS.successful,
+        ~finite,
+        inner_result=RESULTS.where(finite, RESULTS.successful, RESULTS.nonfinite),
     )
     return value, grad, y, stats

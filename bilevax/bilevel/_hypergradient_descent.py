@@ -23,6 +23,7 @@ from ..implicit import ImplicitAdjoint
 from ..implicit._iterate import AbstractIterateAdjoint
 from ..implicit._linear_solve import CG
 from ..implicit._tree import tree_norm
+from ..solvers import RESULTS
 from ._hypergradient import ConstrainedInner, hypergradient
 from ._inner import AbstractInnerSolver, GradientDescent
 from ._problem import BilevelData, sample_batch
@@ -118,7 +119,8 @@ class HypergradientDescent(AbstractBilevelAlgorithm):
         )
         updates, opt_state = self.optimizer.update(grad, state.opt_state, state.x)
         x = _project(self.project, optax.apply_updates(state.x, updates))
-        info = StepInfo(tree_norm(grad), stats.inner_failed)
+        converged = stats.inner_result == RESULTS.successful
+        info = StepInfo(tree_norm(grad), stats.inner_failed, converged)
         adjoint = state.adjoint if stats.adjoint is None else stats.adjoint
         return _HGDState(x, y, state.y0, opt_state, adjoint), info
 
@@ -269,4 +271,5 @@ class HOAG(AbstractBilevelAlgorithm):
             delta=tree_norm(step),
             adjoint=state.adjoint if stats.adjoint is None else stats.adjoint,
         )
-        return new_state, StepInfo(tree_norm(grad))
+        converged = stats.inner_result == RESULTS.successful
+        return new_state, StepInfo(tree_norm(grad), stats.inner_failed, converged)

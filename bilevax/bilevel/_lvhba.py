@@ -27,6 +27,7 @@ is the box `Z = [0, r]` per inequality and `[-r, r]` per equality
 """
 
 from collections.abc import Callable
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -50,6 +51,8 @@ from .sets import AbstractSet, Everything
 
 
 class _LVHBAState(eqx.Module):
+    # what `History.inner_residual` holds for LV-HBA, by name in a result's repr
+    inner_residual_name: ClassVar[str] = "value_function_gap"
     x: PyTree[Array]
     y: PyTree[Array]
     theta: PyTree[Array]  # the inner variable of v_γ
@@ -408,6 +411,25 @@ class LVHBA(AbstractBilevelAlgorithm):
 
     def iterates(self, state):
         return state.x, state.y
+
+    def inner_residual(self, problem, state: _LVHBAState, data: BilevelData):
+        """The value-function gap `g(x, y) - v_γ(x, y, z)` on the whole data, the
+        residual LV-HBA's convergence is judged on: `>= 0` on the feasible set
+        and 0 when `y` solves the constrained lower level, so small is good.
+        `v_γ` is evaluated at the tracked `(θ, λ)` (one projected step per
+        iteration), so the value is an estimate: it may dip slightly below 0
+        while `(θ, λ)` lag behind."""
+        x, y, theta, lam, z = state.x, state.y, state.theta, state.lam, state.z
+        p = state.params
+        g = lambda w: problem.inner(x, w, data.inner)
+        proximal = tree_norm(jtu.tree_map(jnp.subtract, theta, y)) ** 2
+        value = (
+            g(theta)
+            + lam @ self._constraint(problem, x, theta)
+            + proximal / (2 * p.gamma1)
+            - jnp.sum((lam - z) ** 2) / (2 * p.gamma2)
+        )
+        return g(y) - value
 
     def step(self, problem, state: _LVHBAState, data: BilevelData, key: Array):
         """One LV-HBA iteration (see the module docs)."""

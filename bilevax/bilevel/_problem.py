@@ -165,14 +165,29 @@ def _scalar_check(fn, name, x, y, batch):
         )
 
 
-def check_problem(problem: BilevelProblem, x: Any, y: Any, data: BilevelData) -> None:
-    """Clear errors for the usual mistakes, raised at trace time."""
+def check_problem(
+    problem: BilevelProblem,
+    x: Any,
+    y: Any,
+    data: BilevelData,
+    names: tuple[str, str] = ("x", "y"),
+) -> None:
+    """Clear errors for the usual mistakes, raised at trace time: `x` and `y`
+    (called `names` in the messages) must be floating-point (integers are refused,
+    not converted: their gradients would be `float0`), and each level's data must
+    have at least one sample."""
     if not isinstance(problem, BilevelProblem):
         raise TypeError(f"Expected a `BilevelProblem`, got {type(problem).__name__}.")
-    _check_floating(x, "x")
-    _check_floating(y, "y")
+    _check_floating(x, names[0])
+    _check_floating(y, names[1])
     inner_n = num_samples(data.inner, "inner")
     outer_n = num_samples(data.outer, "outer")
+    for level, n in (("inner", inner_n), ("outer", outer_n)):
+        if n == 0:
+            raise ValueError(
+                f"`data`: the {level} data has no samples (a leading axis of length "
+                "0); its losses would be NaN (a mean over nothing)."
+            )
     one = lambda d, n: None if n is None else jtu.tree_map(lambda a: a[:1], d)
     _scalar_check(problem.inner, "inner", x, y, one(data.inner, inner_n))
     _scalar_check(problem.outer, "outer", x, y, one(data.outer, outer_n))

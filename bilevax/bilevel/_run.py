@@ -10,11 +10,25 @@ one compiled chunk at a time; the chunk's length is a value in it, so it compile
 once whatever `num_steps` and `record_every`.
 
 A step that makes `x` or `y` non-finite, or so large that its square overflows
-(`|a| >= √max` of the dtype: about 1e154 in float64, 1.8e19 in float32), is undone
-and the run stops there with `result = RESULTS.diverged`: a NaN or an overflowing
-iterate is never returned as an answer. Likewise a step
-whose inner solve reports failure (a constrained lower level that is infeasible at
-the current `x`) is undone and the run stops with `RESULTS.inner_failed`.
+(`|a| >= √max` of the dtype: about 1e154 in float64, 1.8e19 in float32), or whose
+hypergradient (direction) is non-finite, is undone and the run stops there with
+`result = RESULTS.diverged`: a NaN or an overflowing iterate is never returned as
+an answer. The run does not start (`RESULTS.diverged`, no step taken) when the
+outer loss or `∇_y g` on the whole data is non-finite at `(x0, y0)` (NaN in the
+data or in `x0`/`y0`), and stops likewise when a record finds them non-finite.
+A step whose inner solve reports failure (a constrained lower level that is
+infeasible at the current `x`; an inner residual `‖∇_y g‖` that is non-finite or
+that the inner solve made ten times larger) is undone and the run stops with
+`RESULTS.inner_failed`.
+
+A step whose inner solve merely did not reach its tolerance (warm-started
+hypergradient descent and HOAG take few inner steps by design; HOAG's tolerance
+decreases along the run) is not a failure: such steps are counted in
+`BilevelResult.inner_unconverged_steps`.
+
+With `throw=True` (the default) a run that ends with a failure status raises a
+runtime error with the status's message; pass `throw=False` to get the result
+and its status instead (e.g. for a batch of runs under `jax.vmap`).
 """
 
 import abc
@@ -48,7 +62,7 @@ class RESULTS(eqxi.Enumeration):
     ... )
     >>> x0, y0 = jnp.zeros(2), jnp.zeros(2)
     >>> diverging = bx.bilevel.HypergradientDescent(optax.sgd(100.0))
-    >>> result = diverging.run(problem, x0, y0, num_steps=50)
+    >>> result = diverging.run(problem, x0, y0, num_steps=50, throw=False)
     >>> print(result.result == bx.bilevel.RESULTS.diverged, jnp.isfinite(result.x))
     True [ True  True]
 
@@ -57,21 +71,26 @@ class RESULTS(eqxi.Enumeration):
 
     successful = ""
     diverged = (
-        "The run diverged: a step produced a non-finite x or y (NaN or infinity) or "
-        "one beyond the square root of the largest float. The result holds the last "
-        "iterate before it; lower the step sizes, or check that the lower level is "
-        "bounded below."
+        "The run diverged: a step produced a non-finite x, y or hypergradient (NaN "
+        "or infinity) or an iterate beyond the square root of the largest float, or "
+        "the losses on the data were non-finite (NaN in the data, x0 or y0). The "
+        "result holds the last iterate before it; check the data and x0/y0 for NaN, "
+        "lower the step sizes, or check that the lower level is bounded below."
     )
     inner_failed = (
-        "The lower-level solve failed (e.g. its constraints are infeasible at the "
-        "current x): the run stopped there, and the result holds that x."
+        "The lower-level solve failed (its constraints are infeasible at the current "
+        "x, or its residual ‖∇_y g‖ became non-finite or grew): the run stopped "
+        "there, and the result holds that x."
     )
 
 
 class StepInfo(eqx.Module):
     """What one step knows about itself: the norm of the (estimated) hypergradient
-    or direction it used for `x` (recorded in the history), and whether its inner
-    solve failed.
+    or direction it used for `x` (recorded in the history; a non-finite one stops
+    the run as `diverged`), whether its inner solve failed (stops the run as
+    `inner_failed`), and whether its inner solve reached its tolerance (a step
+    whose inner solve did not is counted in
+    `BilevelResult.inner_unconverged_steps`, not stopped).
 
     Example:
 
@@ -87,14 +106,15 @@ class StepInfo(eqx.Module):
     >>> data = bx.bilevel.BilevelData()
     >>> state = solver.init(problem, x0, y0, data, jax.random.key(0))
     >>> _, info = solver.step(problem, state, data, jax.random.key(1))
-    >>> print(info.hypergradient_norm.round(4), info.inner_failed)
-    1.4142 False
+    >>> print(info.hypergradient_norm.round(4), info.inner_failed, info.inner_converged)
+    1.4142 False True
 
     ```
     """
 
     hypergradient_norm: Array
     inner_failed: Array = eqx.field(default_factory=lambda: jnp.array(False))
+    inner_converged: Array = eqx.field(default_factory=lambda: jnp.array(True))
 
 
 class History(eqx.Module):
@@ -103,11 +123,13 @@ class History(eqx.Module):
     - `step`: outer iterations done at the record.
     - `outer_loss`: `f(x, y)` on the whole outer data at the current `(x, y)`.
     - `hypergradient_norm`: norm of the (estimated) hypergradient of the last step.
-    - `inner_residual`: `‖∇_y g(x, y)‖` on the whole inner data: 0 at an
-      unconstrained inner minimum, so small is good. With constraints on the
-      lower level (`LVHBA`) it does not go to 0: at the constrained minimum
-      `∇_y g` is balanced by the constraints' multipliers, so a value such as 2
-      there is no failure; judge such runs by `result` and the outer loss.
+    - `inner_residual`: the algorithm's lower-level residual on the whole data
+      (`AbstractBilevelAlgorithm.inner_residual`); small is good. `‖∇_y g(x, y)‖`,
+      0 at an unconstrained inner minimum; for `LVHBA`, whose lower level has
+      constraints (at its minimum `∇_y g` is balanced by the multipliers and does
+      not vanish), the value-function gap `g(x, y) - v_γ(x, y, z)`, 0 when `y`
+      solves the constrained lower level; the repr of a result then calls it
+      `value_function_gap`.
 
     Example:
 
@@ -144,7 +166,11 @@ class History(eqx.Module):
 class BilevelResult(eqx.Module):
     """Result of `run`: final `x`, `y`, the algorithm's `state`, the `history`, the
     status `result`, the `num_steps` this run took and the `total_steps` since
-    `init` (pass the result as `run(..., state=result)` to continue it).
+    `init` (pass the result as `run(..., state=result)` to continue it), and
+    `inner_unconverged_steps`: the steps since `init` whose inner solve stopped
+    before its tolerance (shown in the repr when not 0; many such steps with a
+    cold-started or fixed-tolerance inner solve mean inexact hypergradients: give
+    the inner solver more steps or a larger step size).
 
     Example:
 
@@ -171,24 +197,33 @@ class BilevelResult(eqx.Module):
     result: RESULTS
     num_steps: Array
     total_steps: Array
+    inner_unconverged_steps: Array = eqx.field(
+        default_factory=lambda: jnp.array(0), converter=jnp.asarray
+    )
 
     def __repr__(self):
         fields = {
             "result": status_name(self.result),
             "num_steps": summarize(self.num_steps),
         }
+        unconverged = self.inner_unconverged_steps
+        if unconverged.ndim or isinstance(unconverged, jax.core.Tracer) or unconverged:
+            fields["inner_unconverged_steps"] = summarize(unconverged)
         h = self.history
         if h.step.ndim == 1 and not isinstance(h.step, jax.core.Tracer):
             for k in ("outer_loss", "hypergradient_norm", "inner_residual"):
-                fields[k] = summarize(getattr(h, k)[-1])
+                # e.g. LV-HBA's state names its residual `value_function_gap`
+                label = getattr(self.state, k + "_name", k)
+                fields[label] = summarize(getattr(h, k)[-1])
         fields["x"], fields["y"] = summarize(self.x), summarize(self.y)
         return fields_repr("BilevelResult", fields)
 
 
-def _full_batch_record(problem, x, y, data: BilevelData, info: StepInfo, k):
+def _full_batch_record(algorithm, problem, state, data: BilevelData, info, k):
+    x, y = algorithm.iterates(state)
     outer = problem.outer(x, y, data.outer)
-    grad_y = jax.grad(problem.inner, argnums=1)(x, y, data.inner)
-    return History(k, outer, info.hypergradient_norm, tree_norm(grad_y))
+    residual = algorithm.inner_residual(problem, state, data)
+    return History(k, outer, info.hypergradient_norm, residual)
 
 
 class AbstractBilevelAlgorithm(eqx.Module):
@@ -229,6 +264,14 @@ class AbstractBilevelAlgorithm(eqx.Module):
     def iterates(self, state) -> tuple[PyTree[Array], PyTree[Array]]:
         """The current `(x, y)` of a state."""
 
+    def inner_residual(self, problem: BilevelProblem, state, data: BilevelData):
+        """The lower-level residual recorded in `History.inner_residual`, on the
+        whole data: `‖∇_y g(x, y)‖` (0 at an unconstrained inner minimum). An
+        algorithm whose lower level has constraints records the residual its
+        convergence is judged on instead (`LVHBA`: the value-function gap)."""
+        x, y = self.iterates(state)
+        return tree_norm(jax.grad(problem.inner, argnums=1)(x, y, data.inner))
+
     def run(
         self,
         problem: BilevelProblem,
@@ -242,6 +285,7 @@ class AbstractBilevelAlgorithm(eqx.Module):
         progress: bool = False,
         callback: Callable[[History, PyTree[Array], PyTree[Array]], Any] | None = None,
         state=None,
+        throw: bool = True,
     ) -> BilevelResult:
         """Run `num_steps` outer iterations.
 
@@ -275,6 +319,12 @@ class AbstractBilevelAlgorithm(eqx.Module):
           earlier records, then the new ones). `bilevax.save(path, result)` and
           `bilevax.load(path)` store a result between processes, with no
           template.
+        - `throw`: raise a runtime error when the run ends with a failure status
+          (`diverged`: non-finite iterates, hypergradient or losses, e.g. NaN in
+          the data, `x0` or `y0`; `inner_failed`). With `throw=False` the result
+          is returned with its status, e.g. to count the failures of a batch of
+          runs under `jax.vmap`. Steps whose inner solve did not reach its
+          tolerance are counted (`inner_unconverged_steps`), never raised on.
 
         **Returns:** a `BilevelResult`.
         """
@@ -292,9 +342,10 @@ class AbstractBilevelAlgorithm(eqx.Module):
         num_records = -(-num_steps // record_every)
         data = as_data(data)
         key = jax.random.key(0) if key is None else key
-        earlier, start = None, None
+        earlier, start, unconverged = None, None, 0
         if isinstance(state, BilevelResult):
-            earlier, start, state = state.history, state.total_steps, state.state
+            earlier, start = state.history, state.total_steps
+            unconverged, state = state.inner_unconverged_steps, state.state
         args = (self, problem, x0, y0, data, key, state, start)
         if progress or callback is not None:
             result = _run_from_python(
@@ -302,37 +353,56 @@ class AbstractBilevelAlgorithm(eqx.Module):
             )
         else:
             result = _run_compiled(args, num_records, jnp.asarray(record_every))
-        if earlier is None:
+        if earlier is not None:
+            history = jtu.tree_map(
+                lambda a, b: jnp.concatenate([a, b]), earlier, result.history
+            )
+            result = eqx.tree_at(lambda r: r.history, result, history)
+            result = eqx.tree_at(
+                lambda r: r.inner_unconverged_steps,
+                result,
+                result.inner_unconverged_steps + unconverged,
+            )
+        if not throw:
             return result
-        history = jtu.tree_map(
-            lambda a, b: jnp.concatenate([a, b]), earlier, result.history
-        )
-        return eqx.tree_at(lambda r: r.history, result, history)
+        return result.result.error_if(result, result.result != RESULTS.successful)
 
 
 _RUNNING, _DIVERGED, _INNER_FAILED = 0, 1, 2
 
 
 def _start(algorithm, problem, x0, y0, data, key, state, start):
-    """Checks, `init` (unless resumed) and the loop's carry
-    `(state, status code, steps done, steps before this run, next step index)`."""
-    check_problem(problem, x0, y0, data)
+    """Checks, `init` (unless resumed) and the loop's carry `(state, status code,
+    steps done, steps before this run, next step index, unconverged inner steps)`.
+    The run does not start when the losses at the starting point are non-finite."""
+    check_problem(problem, x0, y0, data, ("x0", "y0"))
     init_key, run_key = jax.random.split(key)
     # strongly typed, so that a chunk's carry out has the types of its carry in
     start = jnp.zeros((), int) if start is None else jnp.asarray(start)
     if state is None:
         state = algorithm.init(problem, x0, y0, data, init_key)
+    first = _full_batch_record(
+        algorithm, problem, state, data, StepInfo(jnp.zeros(())), start
+    )
     return (
         state,
-        jnp.array(_RUNNING, jnp.int32),
+        _record_code(first, jnp.array(_RUNNING, jnp.int32)),
         jnp.zeros_like(start),
         start,
         start,
+        jnp.zeros_like(start),
     ), run_key
 
 
+def _record_code(record: History, code):
+    """`diverged` when a record's full-data outer loss or inner residual is
+    non-finite (NaN in the data that the steps did not meet)."""
+    finite = jnp.isfinite(record.outer_loss) & jnp.isfinite(record.inner_residual)
+    return jnp.where((code == _RUNNING) & ~finite, _DIVERGED, code).astype(jnp.int32)
+
+
 def _finish(algorithm, carry, history):
-    state, failed, done, start, _ = carry
+    state, failed, done, start, _, unconverged = carry
     x, y = algorithm.iterates(state)
     result = RESULTS.where(
         failed == _DIVERGED,
@@ -341,7 +411,7 @@ def _finish(algorithm, carry, history):
             failed == _INNER_FAILED, RESULTS.inner_failed, RESULTS.successful
         ),
     )
-    return BilevelResult(x, y, state, history, result, done, start + done)
+    return BilevelResult(x, y, state, history, result, done, start + done, unconverged)
 
 
 # Compiled once per static configuration and shapes: `num_steps` and `record_every`
@@ -424,12 +494,14 @@ def _chunk(algorithm, problem, data, carry, run_key, length):
     dtype = jnp.result_type(*jtu.tree_leaves(x))
 
     def one(_, loop):
-        (state, failed, done, start, t), norm = loop
+        (state, failed, done, start, t, unconverged), norm = loop
         key = jax.random.fold_in(run_key, t)
 
         def advance(state):
             new, info = algorithm.step(problem, state, data, key)
-            finite = tree_all_bounded(algorithm.iterates(new))
+            finite = tree_all_bounded(algorithm.iterates(new)) & jnp.isfinite(
+                info.hypergradient_norm
+            )
             code = jnp.where(
                 finite,
                 jnp.where(info.inner_failed, _INNER_FAILED, _RUNNING),
@@ -442,20 +514,27 @@ def _chunk(algorithm, problem, data, carry, run_key, length):
                 eqx.filter(state, eqx.is_array),
             )
             new = eqx.combine(new, eqx.filter(state, eqx.is_array, inverse=True))
-            return new, (info.hypergradient_norm.astype(dtype), code)
+            missed = ok & ~info.inner_converged
+            return new, (info.hypergradient_norm.astype(dtype), code, missed)
 
         def skip(state):
-            return state, (jnp.full((), jnp.nan, dtype), failed)
+            return state, (jnp.full((), jnp.nan, dtype), failed, jnp.array(False))
 
-        state, (norm, code) = jax.lax.cond(failed != _RUNNING, skip, advance, state)
-        ok = code == _RUNNING
-        return (state, code, done + ok.astype(done.dtype), start, t + 1), norm
+        state, (norm, code, missed) = jax.lax.cond(
+            failed != _RUNNING, skip, advance, state
+        )
+        ok = (code == _RUNNING).astype(done.dtype)
+        unconverged = unconverged + missed.astype(done.dtype)
+        return (state, code, done + ok, start, t + 1, unconverged), norm
 
     nan = jnp.full((), jnp.nan, dtype)
     carry, norm = jax.lax.fori_loop(0, length, one, (carry, nan))
-    state, _, done, start, _ = carry
-    x, y = algorithm.iterates(state)
-    return carry, _full_batch_record(problem, x, y, data, StepInfo(norm), start + done)
+    state, code, done, start, t, unconverged = carry
+    record = _full_batch_record(
+        algorithm, problem, state, data, StepInfo(norm), start + done
+    )
+    code = _record_code(record, code)
+    return (state, code, done, start, t, unconverged), record
 
 
 _start_jit = eqx.filter_jit(_start)

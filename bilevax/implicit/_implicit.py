@@ -27,7 +27,12 @@ import lineax as lx
 from jaxtyping import Array, PyTree
 
 from .._display import fields_repr, status_name, summarize
-from ._linear_solve import default_linear_solver, wrap_solver
+from ._linear_solve import (
+    _relative_residual,
+    default_linear_solver,
+    raise_if_failed,
+    wrap_solver,
+)
 from ._signature import bind_call, traceable_solver
 from ._tree import same_shapes, tree_all_finite
 from .conditions import fixed_point
@@ -120,6 +125,49 @@ def _check_condition_struct(out_struct, y_struct) -> None:
         )
 
 
+def _check_solver_output(y_struct, init, name: str) -> None:
+    """The solver must return a solution shaped like its initial guess (when the
+    guess is an array pytree: `init=None` guesses are not compared)."""
+    leaves = jtu.tree_leaves(init)
+    if not leaves or not all(eqx.is_array_like(leaf) for leaf in leaves):
+        return
+    init_struct = jax.eval_shape(lambda: init)
+    same = same_shapes(y_struct, init_struct) and all(
+        a.dtype == b.dtype or not jnp.issubdtype(b.dtype, jnp.inexact)
+        for a, b in zip(
+            jtu.tree_leaves(y_struct), jtu.tree_leaves(init_struct), strict=True
+        )
+    )
+    if not same:
+        raise ValueError(
+            f"The `solver` `{name}` returned a solution whose structure, shapes or "
+            "dtypes differ from its initial guess `init`; a root or fixed point has "
+            "the structure of `init`.\n"
+            f"  expected (init):   {_describe(init_struct)}\n"
+            f"  actual (returned): {_describe(y_struct)}"
+        )
+
+
+def _condition_at(optimality_fn, y_struct, args, kwargs, name: str):
+    """The closure-converted condition, checked on the solver's solution: a
+    condition that cannot take it names the `solver`'s output structure."""
+    try:
+        condition_cc = eqx.filter_closure_convert(
+            optimality_fn, y_struct, *args, **kwargs
+        )
+        out_struct = eqx.filter_eval_shape(condition_cc, y_struct, *args, **kwargs)
+    except (TypeError, ValueError) as e:
+        raise ValueError(
+            f"The optimality condition failed on the solution returned by the "
+            f"`solver` `{name}`: check that the solver returns the structure and "
+            "shapes the condition expects for `y`.\n"
+            f"  actual (returned by solver): {_describe(y_struct)}\n"
+            f"{type(e).__name__}: {e}"
+        ) from e
+    _check_condition_struct(out_struct, y_struct)
+    return condition_cc
+
+
 def _resolve_solver(optimality_fn, tags, linear_solver, y_struct, **wrap_kwargs):
     if tags is None:
         tags = getattr(optimality_fn, "tags", frozenset())
@@ -167,30 +215,10 @@ def _checked_solve(linear_solver, operator, vector, throw: bool):  # a RuntimeEr
     state = linear_solver.init(operator, {})
     x, result, _ = linear_solver.compute(state, vector, {})
     if throw:
-        x = raise_if_failed(x, result)
+        residual = _relative_residual(operator, x, vector)
+        where = "`custom_root` (implicit derivative)"
+        x = raise_if_failed(x, result, residual, linear_solver, where, None)
     return x
-
-
-def _failure_messages(what: str) -> list[str]:
-    """One message per `lineax.RESULTS` index: the status by name, then lineax's
-    explanation of it."""
-    messages = [""] * len(lx.RESULTS._name_to_item)
-    for name, item in lx.RESULTS._name_to_item.items():
-        messages[int(item._value)] = (
-            f"{what} failed with status `lineax.RESULTS.{name}`: {lx.RESULTS[item]} "
-            "Pass `throw=False` to get the status in the stats instead."
-        )
-    return messages
-
-
-def raise_if_failed(
-    tree, result: lx.RESULTS, what: str = "The linear solve of an implicit derivative"
-):
-    """`tree`, with a run-time error naming `result` (and `what` failed) when it is
-    not successful (works under `jit` and `vmap`)."""
-    return eqx.branched_error_if(
-        tree, result != lx.RESULTS.successful, result._value, _failure_messages(what)
-    )
 
 
 def _all_linear(tree):
@@ -446,13 +474,8 @@ def custom_root(
                     )
                 y_struct = y_struct[0]
             _check_solution_struct(y_struct, f"`{name}`")
-            condition_cc = eqx.filter_closure_convert(
-                optimality_fn, y_struct, *args, **kwargs
-            )
-            _check_condition_struct(
-                eqx.filter_eval_shape(condition_cc, y_struct, *args, **kwargs),
-                y_struct,
-            )
+            _check_solver_output(y_struct, init, name)
+            condition_cc = _condition_at(optimality_fn, y_struct, args, kwargs, name)
             tags_, linear_solver_ = _resolve_solver(
                 optimality_fn,
                 tags,
@@ -547,10 +570,13 @@ def _stats(solution: lx.Solution) -> ImplicitStats:
     )
 
 
-def _maybe_throw(value, solution: lx.Solution, throw: bool):
+def _maybe_throw(value, solution: lx.Solution, throw: bool, linear_solver, where):
     if not throw:
         return value
-    return raise_if_failed(value, solution.result)
+    residual = solution.stats["residual"]
+    return raise_if_failed(
+        value, solution.result, residual, linear_solver, where, "stats.result"
+    )
 
 
 def root_vjp(
@@ -609,7 +635,8 @@ def root_vjp(
     )
     _, vjp_fn = jax.vjp(lambda p: optimality_fn(solution, *p), params)
     (ct_params,) = vjp_fn(jtu.tree_map(jnp.negative, sol.value))
-    return _maybe_throw(ct_params, sol, throw), _stats(sol)
+    where = "`root_vjp`"
+    return _maybe_throw(ct_params, sol, throw, linear_solver, where), _stats(sol)
 
 
 def root_jvp(
@@ -656,4 +683,5 @@ def root_jvp(
     )
     sol = _reporting_solve(operator, _cast_like(rhs, solution), linear_solver, options)
     t_y = jtu.tree_map(jnp.negative, sol.value)
-    return _maybe_throw(t_y, sol, throw), _stats(sol)
+    where = "`root_jvp`"
+    return _maybe_throw(t_y, sol, throw, linear_solver, where), _stats(sol)

@@ -329,6 +329,13 @@ def iterate(
     **Returns:** `y_T`, or `(y_T, records)` when `record` is given (records have
     leading axis `num_steps`).
 
+    **Transformations:** every adjoint supports `jit`, `vmap` and reverse mode
+    (`jax.grad`, `jax.vjp`, `jax.jacrev`). Forward mode (`jax.jvp`, `jax.jacfwd`):
+    `ImplicitAdjoint` (through `custom_root`'s JVP rule) and `UnrolledAdjoint` /
+    `TruncatedAdjoint` with `checkpoints="all"` and no `max_cotangent_norm`; the
+    checkpointed loop and the clipping are reverse-mode only (`custom_vjp`), and
+    forward mode through them raises a `TypeError` that says so.
+
     Example:
 
     ```python
@@ -380,7 +387,19 @@ def iterate(
 
     if num_steps > 0:
         _check_step_output(call_step, y0, x, jtu.tree_map(lambda a: a[0], xs))
-    y, records = adjoint.loop(body, y0, x, xs, num_steps)
+    try:
+        y, records = adjoint.loop(body, y0, x, xs, num_steps)
+    except TypeError as e:
+        if "forward-mode" not in str(e):
+            raise
+        raise TypeError(
+            f"`iterate` with {type(adjoint).__name__} supports reverse mode only "
+            "(`jax.grad`, `jax.vjp`, `jax.jacrev`): its checkpointed loop (and "
+            "cotangent clipping) is a `custom_vjp`, which JAX cannot differentiate "
+            "in forward mode (`jax.jvp`, `jax.jacfwd`). For forward mode use "
+            "`UnrolledAdjoint(checkpoints='all')` without `max_cotangent_norm`, or "
+            "`ImplicitAdjoint()`; or use reverse mode."
+        ) from e
     return y if record is None else (y, records)
 
 

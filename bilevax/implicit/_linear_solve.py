@@ -7,6 +7,7 @@ operator (a linearised JVP), so the solvers here work from matrix-vector product
 
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
@@ -416,3 +417,57 @@ def wrap_solver(solver: lx.AbstractLinearSolver, **kwargs) -> _Reporting:
             f"{solver!r}."
         )
     return _Reporting(solver, **kwargs)
+
+
+# A failed adjoint solve raises with bilevax's words, not the linear solver's:
+# the status, the solver, the residual reached (by decade: an error message is a
+# static string, so the residual is placed in one of these buckets) and the
+# remedies.
+_DECADES = range(-12, 2)  # "between 1e{k} and 1e{k+1}"
+
+
+def _residual_text(bucket: int) -> str:
+    if bucket == 0:
+        return "a non-finite relative residual (NaN or infinity)"
+    if bucket == 1:
+        return f"a relative residual below 1e{_DECADES[0]}"
+    if bucket == len(_DECADES) + 2:
+        return f"a relative residual above 1e{_DECADES[-1] + 1}"
+    k = _DECADES[bucket - 2]
+    return f"a relative residual between 1e{k} and 1e{k + 1}"
+
+
+def _residual_bucket(residual: Array) -> Array:
+    tiny = jnp.finfo(jnp.result_type(residual)).tiny
+    decade = jnp.floor(jnp.log10(jnp.maximum(residual, tiny))).astype(jnp.int32)
+    bucket = 2 + jnp.clip(decade - _DECADES[0], -1, len(_DECADES))
+    return jnp.where(jnp.isfinite(residual), bucket, 0)
+
+
+def raise_if_failed(token, result, residual, solver, where: str, field: str | None):
+    """`token`, raising a runtime error when `result` (a `lineax.RESULTS`) is a
+    failure: the message names the status and where bilevax reports it (`field`),
+    the `solver` (an instance or a class), the `residual` reached and the
+    remedies."""
+    solver = getattr(solver, "solver", solver)  # unwrap `_Reporting`
+    name = solver.__name__ if isinstance(solver, type) else type(solver).__name__
+    statuses = sorted(lx.RESULTS._name_to_item.items(), key=lambda s: int(s[1]._value))
+    buckets = len(_DECADES) + 3
+    report = (
+        f"reported in `{field}` with `throw=False`"
+        if field
+        else "`root_vjp`/`root_jvp` return it with `throw=False`"
+    )
+    msgs = [
+        f"{where}: the adjoint linear solve failed with status "
+        f"`lineax.RESULTS.{status}` ({report}); the linear solver {name} reached "
+        f"{_residual_text(bucket)}. Remedies: a better-conditioned problem (e.g. a "
+        "strongly convex lower level, more regularisation), more steps or a looser "
+        f"tolerance for {name} (`max_steps`, `rtol`), or a direct solver such as "
+        "`lineax.LU()` for a small system (`lineax.Cholesky()` when it is symmetric "
+        "positive definite)."
+        for status, _ in statuses
+        for bucket in range(buckets)
+    ]
+    index = result._value * buckets + _residual_bucket(jnp.asarray(residual))
+    return eqx.branched_error_if(token, result != lx.RESULTS.successful, index, msgs)

@@ -58,7 +58,7 @@ def test_bad_data_argument():
     ids=["hgd", "penalty", "f2sa"],
 )
 def test_divergence_is_reported_not_returned(algorithm):
-    res = algorithm.run(Q.problem, Q.x0, Q.y0, Q.data, num_steps=300)
+    res = algorithm.run(Q.problem, Q.x0, Q.y0, Q.data, num_steps=300, throw=False)
     assert res.result == bx.bilevel.RESULTS.diverged
     assert bool(jnp.all(jnp.isfinite(res.x))) and bool(jnp.all(jnp.isfinite(res.y)))
     assert int(res.num_steps) < 300
@@ -71,3 +71,28 @@ def test_bad_options_are_refused():
         bx.bilevel.PenaltyMethod(variance_reduction="saga")
     with pytest.raises(ValueError, match="variance_reduction"):
         bx.bilevel.F2SA(variance_reduction="saga")
+
+
+def test_empty_data_and_integer_starts_are_named():
+    """A level's data with no samples (its mean losses would be NaN) and integer
+    starting points (their gradients would be float0) are refused at the boundary,
+    naming the argument: `data`, `x0`/`y0` for `run`, `x`/`y0` for
+    `hypergradient`."""
+    X, t = jnp.ones((5, 3)), jnp.ones(5)
+    empty = (X[:0], t[:0])
+    problem = bx.bilevel.BilevelProblem(
+        outer=lambda x, w, b: jnp.mean((b[0] @ w - b[1]) ** 2),
+        inner=lambda x, w, b: jnp.mean((b[0] @ w - b[1]) ** 2) + jnp.exp(x) * w @ w,
+    )
+    hyper = lambda x, y0, data: bx.bilevel.hypergradient(problem, x, y0, data=data)
+    run = lambda x0, y0, data: bx.bilevel.HOAG().run(problem, x0, y0, data, num_steps=2)
+    for call in (hyper, run):
+        for data in ((empty, (X, t)), ((X, t), empty)):
+            with pytest.raises(ValueError, match="`data`.*no samples"):
+                call(0.0, jnp.zeros(3), data)
+    with pytest.raises(TypeError, match="`x0`.*floating"):
+        run(jnp.array(3), jnp.zeros(3), ((X, t), (X, t)))
+    with pytest.raises(TypeError, match="`y0`.*floating"):
+        run(0.0, jnp.zeros(3, int), ((X, t), (X, t)))
+    with pytest.raises(TypeError, match="`y0`.*floating"):
+        hyper(0.0, jnp.zeros(3, int), ((X, t), (X, t)))

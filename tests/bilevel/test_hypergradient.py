@@ -113,9 +113,9 @@ def test_kkt_route_reports_an_infeasible_lower_level(outer):
     solver = bx.bilevel.HypergradientDescent(
         optax.sgd(0.3), inner_solver=bx.bilevel.ConstrainedInner()
     )
-    result = jax.jit(lambda x0, y0: solver.run(problem, x0, y0, num_steps=30))(
-        jnp.array([3.0]), jnp.zeros(1)
-    )
+    result = jax.jit(
+        lambda x0, y0: solver.run(problem, x0, y0, num_steps=30, throw=False)
+    )(jnp.array([3.0]), jnp.zeros(1))
     assert result.result == bx.bilevel.RESULTS.inner_failed
     assert jnp.all(jnp.isfinite(result.x)) and jnp.all(jnp.isfinite(result.y))
     assert float(result.x[0]) < 1.0  # held at the x where the lower level failed
@@ -167,3 +167,78 @@ def test_hypergradient_returns_the_inner_status(problem, x_bad, x_good, grad_goo
     assert jnp.all(jnp.isfinite(grad)) and jnp.all(grad == 0)
     with pytest.raises(Exception, match="lower-level solve failed"):
         bx.bilevel.hypergradient(problem, x_bad, y0, inner)
+
+
+# y*(x) = x, F(x) = ½(x - 2)² + ½x²: F'(1.5) = 1; an inner solve stopped near
+# y0 = 0 gives (y - 2) + x ≈ -0.5, the wrong sign
+_SIGN = bx.bilevel.BilevelProblem(
+    outer=lambda x, y, b: 0.5 * jnp.sum((y - 2.0) ** 2) + 0.5 * jnp.sum(x**2),
+    inner=lambda x, y, b: 0.5 * jnp.sum(y**2) - jnp.sum(x * y),
+)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
+def test_unconverged_inner_solve_is_reported(dtype):
+    x, y0 = jnp.full(1, 1.5, dtype), jnp.zeros(1, dtype)
+    short = bx.bilevel.GradientDescent(num_steps=10, stepsize=1e-3)
+    hyper = lambda inner, **kw: bx.bilevel.hypergradient(_SIGN, x, y0, inner, **kw)
+    _, grad, _, stats = hyper(short, throw=False)
+    assert float(grad[0]) < 0  # wrong sign: why it must not pass silently
+    assert stats.inner_result == bx.solvers.RESULTS.max_steps_reached
+    assert not bool(stats.inner_failed)  # not diverging, just too short
+    assert "inner_result=max_steps_reached" in repr(stats)
+    if dtype == jnp.float32:
+        return  # the rest compiles the same programs again
+    with pytest.raises(Exception, match="did not converge.*more steps"):
+        hyper(short)
+    # the remedies: enough steps, or a tolerance that accepts it
+    _, grad, _, stats = hyper(bx.bilevel.GradientDescent(num_steps=10))
+    assert stats.inner_result == bx.solvers.RESULTS.successful
+    assert abs(float(grad[0]) - 1.0) <= 1e-4
+    hyper(short, inner_rtol=float("inf"))
+
+
+def test_growing_inner_residual_is_a_failure():
+    x, y0 = jnp.full(1, 1.5), jnp.zeros(1)
+    diverging = bx.bilevel.GradientDescent(num_steps=20, stepsize=2.5)
+    hyper = lambda **kw: bx.bilevel.hypergradient(_SIGN, x, y0, diverging, **kw)
+    _, _, _, stats = hyper(throw=False)
+    assert bool(stats.inner_failed)
+    with pytest.raises(Exception, match="residual ‖∇_y g‖ grew"):
+        hyper()
+
+
+def test_runs_count_unconverged_inner_steps():
+    """Warm-started HGD with few inner steps: a successful run that counts the
+    steps whose inner solve stopped short; a converged one counts none."""
+    import optax
+
+    def run(inner):
+        solver = bx.bilevel.HypergradientDescent(optax.sgd(0.2), inner_solver=inner)
+        return solver.run(_SIGN, jnp.zeros(1), jnp.zeros(1), num_steps=20)
+
+    short = run(bx.bilevel.GradientDescent(num_steps=2, stepsize=0.1))
+    assert short.result == bx.bilevel.RESULTS.successful
+    # all but the first step, whose start y0 = x0 = 0 is the inner solution
+    assert int(short.inner_unconverged_steps) == 19
+    assert "inner_unconverged_steps=19" in repr(short)
+    assert int(run(bx.bilevel.GradientDescent()).inner_unconverged_steps) == 0
+    hoag = bx.bilevel.HOAG().run(_SIGN, jnp.zeros(1), jnp.zeros(1), num_steps=20)
+    assert int(hoag.inner_unconverged_steps) == 0
+
+
+def test_failed_adjoint_solve_names_solver_residual_and_remedy():
+    H = jnp.diag(jnp.array([1.0, 10.0, 100.0]))
+    problem = bx.bilevel.BilevelProblem(
+        outer=lambda x, y, b: 0.5 * jnp.sum((y - 1) ** 2),
+        inner=lambda x, y, b: 0.5 * y @ H @ y - x @ y,
+    )
+    adjoint = bx.implicit.ImplicitAdjoint(bx.implicit.CG(rtol=1e-12, max_steps=1))
+    with pytest.raises(
+        Exception,
+        match=r"(?s)`hypergradient`: .*status `max_steps_reached`.*"
+        r"`stats.linear_result`.*CG reached a relative residual between.*lineax.LU",
+    ):
+        bx.bilevel.hypergradient(
+            problem, jnp.ones(3), jnp.zeros(3), bx.bilevel.LBFGS(), adjoint
+        )

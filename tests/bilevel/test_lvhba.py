@@ -192,11 +192,28 @@ def test_kkt_route_stops_when_the_lower_level_becomes_infeasible():
         inner_constraints=lambda x, y: jnp.concatenate([y - x, 1 - y]),
     )
     solver = B.HypergradientDescent(optax.sgd(0.3), inner_solver=B.ConstrainedInner())
-    result = jax.jit(lambda x0, y0: solver.run(problem, x0, y0, num_steps=50))(
-        jnp.array([3.0]), jnp.array([1.0])
-    )
+    result = jax.jit(
+        lambda x0, y0: solver.run(problem, x0, y0, num_steps=50, throw=False)
+    )(jnp.array([3.0]), jnp.array([1.0]))
     assert result.result == B.RESULTS.inner_failed
     # the run stops at the first x whose lower level is infeasible (3 -> 2.1 ->
     # 1.47 -> 1.029 -> 0.72)
     np.testing.assert_allclose(result.x, [0.7203], atol=1e-6)
     assert 0 < int(result.num_steps) < 50
+
+
+def test_repr_shows_the_value_function_gap():
+    """LV-HBA records the residual it is judged on, the value-function gap, which
+    goes to 0 on a successful constrained run (where ‖∇_y g‖ stays at 2), and its
+    result's repr names it."""
+    problem = B.BilevelProblem(  # y*(x) = min(x, 4); the optimum x = y = 2
+        outer=lambda x, y, b: 0.5 * (jnp.sum((x - 1) ** 2) + jnp.sum((y - 3) ** 2)),
+        inner=lambda x, y, b: jnp.sum(0.5 * y**2 - 4 * y),
+        inner_constraints=lambda x, y: y - x,
+    )
+    result = B.LVHBA().run(problem, jnp.zeros(1), jnp.zeros(1), num_steps=1000)
+    assert result.result == B.RESULTS.successful
+    assert abs(float(result.history.inner_residual[-1])) <= 1e-6
+    assert float(result.history.inner_residual[0]) > 1e-3  # not solved at first
+    assert "value_function_gap=" in repr(result)
+    assert "inner_residual" not in repr(result)

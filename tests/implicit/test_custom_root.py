@@ -268,3 +268,34 @@ def test_grad_of_vmap_with_a_shared_pytree_parameter():
     for k in theta:
         assert jnp.allclose(got[k], want[k], rtol=1e-8, atol=1e-12)
         assert jnp.allclose(per_example[k].sum(0), want[k], rtol=1e-8, atol=1e-12)
+
+
+_WRONG_OUTPUTS = {
+    "shape": lambda init, a: jnp.zeros(3),
+    "structure": lambda init, a: (init, init),
+    "dtype": lambda init, a: init.astype(jnp.float32),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_WRONG_OUTPUTS))
+@pytest.mark.parametrize("decorator", ["custom_root", "custom_fixed_point"])
+def test_solver_of_the_wrong_structure_is_named(kind, decorator):
+    from bilevax.implicit import custom_fixed_point
+
+    if decorator == "custom_root":
+        wrap = custom_root(lambda y, a: y - a)
+    else:
+        wrap = custom_fixed_point(lambda y, a: 0.5 * y + a)
+    solve = wrap(_WRONG_OUTPUTS[kind])
+    with pytest.raises(ValueError, match=r"(?s)`solver`.*expected \(init\).*actual"):
+        solve(jnp.zeros(2), jnp.ones(2))
+    with pytest.raises(ValueError, match="`solver`"):
+        jax.grad(lambda a: jnp.sum(solve(jnp.zeros(2), a)))(jnp.ones(2))
+
+
+def test_solver_output_the_condition_cannot_take_is_named():
+    """No array `init` to compare with: the condition's failure on the returned
+    solution names the solver and what it returned."""
+    solve = custom_root(lambda y, a: y - a)(lambda init, a: jnp.zeros(3))
+    with pytest.raises(ValueError, match=r"(?s)`solver`.*float\d+\[3\]"):
+        solve(None, jnp.ones(2))

@@ -342,3 +342,49 @@ def test_implicit_adjoint_derivative_in_y0_is_the_limit_of_unrolled():
     unrolled = lambda y0: iterate(step, y0, 0.1, 400, adjoint=UnrolledAdjoint())
     assert jax.grad(implicit)(0.0) == 0.0
     assert abs(jax.grad(unrolled)(0.0)) < 1e-15
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        lambda y, x, t: jnp.zeros(3),
+        lambda y, x, t: (y, y),
+        lambda y, x, t: (0.5 * y + x).astype(jnp.float32),
+    ],
+    ids=["shape", "structure", "dtype"],
+)
+def test_step_of_the_wrong_structure_is_named(step):
+    from bilevax.implicit import ImplicitAdjoint, UnrolledAdjoint, iterate
+
+    for adjoint in (ImplicitAdjoint(), UnrolledAdjoint()):
+        with pytest.raises(ValueError, match=r"(?s)`step`.*y0:.*step\(y0, ...\)"):
+            iterate(step, jnp.zeros(2), jnp.ones(2), 5, adjoint=adjoint)
+
+
+def test_forward_mode_support_by_adjoint():
+    """Forward mode works with the implicit adjoint and with a plain (all states
+    stored) unrolled loop; through a checkpointed one it is a clear error naming
+    the adjoint and the remedies."""
+    from bilevax.implicit import (
+        ImplicitAdjoint,
+        TruncatedAdjoint,
+        UnrolledAdjoint,
+        iterate,
+    )
+
+    step = lambda y, x, t: 0.5 * y + x  # y_T → 2x
+    x, v = jnp.ones(2), jnp.array([1.0, -1.0])
+
+    def final(adjoint):
+        return lambda x_: iterate(step, jnp.zeros(2), x_, 60, adjoint=adjoint)
+
+    for adjoint in (
+        ImplicitAdjoint(),
+        UnrolledAdjoint(checkpoints="all"),
+        TruncatedAdjoint(60, checkpoints="all"),
+    ):
+        _, tangent = jax.jvp(final(adjoint), (x,), (v,))
+        assert jnp.allclose(tangent, 2 * v, atol=1e-8), adjoint
+    for adjoint in (UnrolledAdjoint(), TruncatedAdjoint(5)):
+        with pytest.raises(TypeError, match=type(adjoint).__name__ + ".*reverse mode"):
+            jax.jacfwd(final(adjoint))(x)

@@ -186,3 +186,30 @@ def test_cg_warm_start_same_solution_in_fewer_steps():
     assert int(exact.stats["num_steps"]) == 0
     with pytest.raises(ValueError, match="y0"):
         lx.linear_solve(op, b, CG(1e-10), options={"y0": jnp.zeros(3)})
+
+
+def test_failed_adjoint_solve_is_explained():
+    """A failed adjoint solve raises with bilevax's words: the status, the solver,
+    the residual reached (by decade) and the remedies, for `root_vjp` and for the
+    derivative of `custom_root`."""
+    import equinox as eqx
+    import lineax as lx
+
+    from bilevax.implicit import conditions, custom_root, root_vjp
+
+    H = jnp.diag(jnp.array([1.0, 10.0, 100.0]))
+    F = conditions.stationarity(lambda y, a: 0.5 * y @ H @ y - a @ y)
+    one_step = lx.GMRES(rtol=1e-12, atol=1e-12, max_steps=1, restart=1)
+    expected = (
+        r"status `max_steps_reached`.*GMRES reached a relative residual "
+        r"between 1e-?\d+ and 1e-?\d+.*lineax.LU\(\)"
+    )
+    with pytest.raises(eqx.EquinoxRuntimeError, match="(?s)`root_vjp`: .*" + expected):
+        root_vjp(F, jnp.ones(3), (jnp.ones(3),), jnp.ones(3), linear_solver=one_step)
+    _, stats = root_vjp(
+        F, jnp.ones(3), (jnp.ones(3),), jnp.ones(3), linear_solver=one_step, throw=False
+    )
+    assert stats.result == lx.RESULTS.max_steps_reached
+    solve = custom_root(F, one_step)(lambda init, a: jnp.linalg.solve(H, a))
+    with pytest.raises(Exception, match="(?s)`custom_root`.*" + expected):
+        jax.grad(lambda a: solve(jnp.zeros(3), a).sum())(jnp.ones(3))
