@@ -236,7 +236,7 @@ def test_failed_adjoint_solve_names_solver_residual_and_remedy():
     adjoint = bx.implicit.ImplicitAdjoint(bx.implicit.CG(rtol=1e-12, max_steps=1))
     with pytest.raises(
         Exception,
-        match=r"(?s)`hypergradient`: .*status `max_steps_reached`.*"
+        match=r"(?s)`hypergradient`: .*status `lineax.RESULTS.max_steps_reached`.*"
         r"`stats.linear_result`.*CG reached a relative residual between.*lineax.LU",
     ):
         bx.bilevel.hypergradient(

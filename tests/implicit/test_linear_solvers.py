@@ -201,7 +201,7 @@ def test_failed_adjoint_solve_is_explained():
     F = conditions.stationarity(lambda y, a: 0.5 * y @ H @ y - a @ y)
     one_step = lx.GMRES(rtol=1e-12, atol=1e-12, max_steps=1, restart=1)
     expected = (
-        r"status `max_steps_reached`.*GMRES reached a relative residual "
+        r"status `lineax.RESULTS.max_steps_reached`.*GMRES reached a relative residual "
         r"between 1e-?\d+ and 1e-?\d+.*lineax.LU\(\)"
     )
     with pytest.raises(eqx.EquinoxRuntimeError, match="(?s)`root_vjp`: .*" + expected):

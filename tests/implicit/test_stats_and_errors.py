@@ -70,13 +70,13 @@ def test_truncated_solve_is_reported_not_hidden():
     assert stats.result == lx.RESULTS.max_steps_reached
     assert int(stats.num_steps) == 2
     assert float(stats.residual) > 1e-6
-    with pytest.raises(RuntimeError, match="status `max_steps_reached`.*CG reached"):
+    with pytest.raises(RuntimeError, match="status `lineax.RESULTS.max_steps_reached`.*CG reached"):
         jax.block_until_ready(root_vjp(F, w, (X,), u, linear_solver=short))
     # The decorator raises too, in reverse and in forward mode.
     solve = custom_root(F, linear_solver=short)(problem.solve)
-    with pytest.raises(RuntimeError, match="status `max_steps_reached`.*CG reached"):
+    with pytest.raises(RuntimeError, match="status `lineax.RESULTS.max_steps_reached`.*CG reached"):
         jax.block_until_ready(jax.grad(lambda x: problem.outer(solve(None, x)))(X))
-    with pytest.raises(RuntimeError, match="status `max_steps_reached`.*CG reached"):
+    with pytest.raises(RuntimeError, match="status `lineax.RESULTS.max_steps_reached`.*CG reached"):
         jax.block_until_ready(jax.jvp(lambda x: solve(None, x), (X,), (X,)))
     # ... unless the user opts out.
     lenient = custom_root(F, linear_solver=short, throw=False)(problem.solve)
