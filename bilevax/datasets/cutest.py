@@ -18,6 +18,7 @@ itself is left alone; when that is not possible (a problem whose class name is n
 its SIF name, say) it imports sif2jax whole.
 """
 
+import difflib
 import functools
 import importlib
 import importlib.util
@@ -96,7 +97,7 @@ def _class_files(root: pathlib.Path) -> dict[str, pathlib.Path]:
     found = {}
     for path in sorted((root / "cutest").rglob("*.py")):
         if path.name != "__init__.py":
-            for name in re.findall(r"^class (\w+)\(", path.read_text(), re.M):
+            for name in re.findall(r"^class (\w+)\(", _text(path), re.M):
                 found.setdefault(name, path)
     return found
 
@@ -122,6 +123,27 @@ def _problem_alone(name: str):
         return cls()
     except Exception:  # an unexpected module layout: import sif2jax whole instead
         return None
+
+
+def _check_known(name: str):
+    """Raise `KeyError` at once for a name that no file of sif2jax's `cutest` tree
+    mentions, instead of importing all of sif2jax (one to two minutes) to learn
+    that it is unknown."""
+    spec = importlib.util.find_spec("sif2jax")
+    if spec is None or spec.origin is None:
+        return
+    root = pathlib.Path(spec.origin).parent
+    classes = _class_files(root)
+    if not classes or any(name in _text(path) for path in set(classes.values())):
+        return
+    close = difflib.get_close_matches(name, list(classes), n=5)
+    hint = f" Close names: {', '.join(close)}." if close else ""
+    raise KeyError(f"sif2jax has no CUTEst problem called {name!r}.{hint}")
+
+
+@functools.cache
+def _text(path: pathlib.Path) -> str:
+    return path.read_text()
 
 
 # rows that sif2jax 0.0.8 returns as `row <= 0` (pycutest's L-type convention)
@@ -156,6 +178,7 @@ def load(name: str) -> CUTEstProblem:
     """
     source = _problem_alone(name)
     if source is None:
+        _check_known(name)
         source = _sif2jax().get_problem(name)
     if source is None:
         raise KeyError(f"sif2jax has no CUTEst problem called {name!r}.")

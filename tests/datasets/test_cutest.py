@@ -50,14 +50,18 @@ def test_load_errors(monkeypatch):
     with pytest.raises(ValueError, match="unconstrained"):
         cutest.load("ROSENBR")
 
-    # an unknown name falls back to sif2jax's own lookup (stubbed: the real one
-    # imports every problem)
+    # a name no sif2jax file mentions is refused at once, with close names
+    with pytest.raises(KeyError, match="'HS7l'. Close names: HS7"):
+        cutest.load("HS7l")
+
+    # a name some file mentions but no class defines falls back to sif2jax's own
+    # lookup (stubbed: the real one imports every problem)
     class Stub:
         get_problem = staticmethod(lambda name: None)
 
     monkeypatch.setattr(cutest, "_sif2jax", lambda: Stub)
     with pytest.raises(KeyError, match="no CUTEst problem"):
-        cutest.load("NOTAPROBLEM")
+        cutest.load("ROSENBR2")
 
 
 FAST = ["HS6", "HS28", "HS40", "HS78", "BT10", "HIMMELBC", "BOOTH", "TRIGON1NE"]
