@@ -217,8 +217,12 @@ class SketchedNewton(eqx.Module):
                 )
 
             def solve(eta1, eta2, delta, k):
+                # the paper's accuracy, floored where the dtype can no longer
+                # reach it: below ~100 ulps a sketch solve only runs to max_steps
+                floor = 100 * jnp.finfo(dtype).eps
                 solver = _with_accuracy(
-                    self.linear_solver, self.theta * delta / (norm_k * psi)
+                    self.linear_solver,
+                    jnp.maximum(self.theta * delta / (norm_k * psi), floor),
                 )
                 sol = lx.linear_solve(
                     operator, b, solver, options={"key": k}, throw=False
