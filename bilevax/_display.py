@@ -96,7 +96,7 @@ def statuses(status) -> np.ndarray:
     ...     inner=lambda x, y, b: 0.5 * jnp.sum((y - x) ** 2),
     ... )
     >>> run = lambda lr: bx.bilevel.HypergradientDescent(optax.sgd(lr)).run(
-    ...     problem, jnp.zeros(2), jnp.zeros(2), num_steps=50
+    ...     problem, jnp.zeros(2), jnp.zeros(2), num_steps=50, throw=False
     ... )
     >>> runs = jax.vmap(run)(jnp.array([0.1, 100.0, 0.5]))
     >>> print(runs.result)
@@ -131,7 +131,7 @@ def status_counts(status) -> dict[str, int]:
     ...     inner=lambda x, y, b: 0.5 * jnp.sum((y - x) ** 2),
     ... )
     >>> run = lambda lr: bx.bilevel.HypergradientDescent(optax.sgd(lr)).run(
-    ...     problem, jnp.zeros(2), jnp.zeros(2), num_steps=50
+    ...     problem, jnp.zeros(2), jnp.zeros(2), num_steps=50, throw=False
     ... )
     >>> bx.status_counts(jax.vmap(run)(jnp.array([0.1, 100.0, 0.5])))
     {'successful': 2, 'diverged': 1, 'inner_failed': 0}

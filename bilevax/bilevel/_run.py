@@ -365,7 +365,12 @@ class AbstractBilevelAlgorithm(eqx.Module):
             )
         if not throw:
             return result
-        return result.result.error_if(result, result.result != RESULTS.successful)
+        # the check rides on a scalar field, so that its (eager) program is the same
+        # for every number of records and the same error is raised under `jit`
+        steps = result.result.error_if(
+            result.num_steps, result.result != RESULTS.successful
+        )
+        return eqx.tree_at(lambda r: r.num_steps, result, steps)
 
 
 _RUNNING, _DIVERGED, _INNER_FAILED = 0, 1, 2
