@@ -134,9 +134,16 @@ def _check_known(name: str):
         return
     root = pathlib.Path(spec.origin).parent
     classes = _class_files(root)
-    if not classes or any(name in _text(path) for path in set(classes.values())):
+    word = re.compile(rf"['\"]{re.escape(name)}['\"]")
+    if not classes or (
+        name.strip() == name
+        and re.fullmatch(r"[\w.+-]+", name)
+        and any(word.search(_text(path)) for path in set(classes.values()))
+    ):
         return
-    close = difflib.get_close_matches(name, list(classes), n=5)
+    upper = {c.upper(): c for c in classes}
+    close = difflib.get_close_matches(name.strip().upper(), list(upper), n=5)
+    close = [upper[c] for c in close]
     hint = f" Close names: {', '.join(close)}." if close else ""
     raise KeyError(f"sif2jax has no CUTEst problem called {name!r}.{hint}")
 
@@ -176,6 +183,8 @@ def load(name: str) -> CUTEstProblem:
 
     ```
     """
+    if not isinstance(name, str):
+        raise TypeError(f"`name` must be a str (e.g. 'HS71'), got {name!r}.")
     source = _problem_alone(name)
     if source is None:
         _check_known(name)

@@ -54,14 +54,14 @@ def test_load_errors(monkeypatch):
     with pytest.raises(KeyError, match="'HS7l'. Close names: HS7"):
         cutest.load("HS7l")
 
-    # a name some file mentions but no class defines falls back to sif2jax's own
+    # a name that some file quotes but no class defines falls back to sif2jax's own
     # lookup (stubbed: the real one imports every problem)
     class Stub:
         get_problem = staticmethod(lambda name: None)
 
     monkeypatch.setattr(cutest, "_sif2jax", lambda: Stub)
     with pytest.raises(KeyError, match="no CUTEst problem"):
-        cutest.load("ROSENBR2")
+        cutest.load("10FOLDTR")  # sif2jax's name of its class TENFOLDTR
 
 
 FAST = ["HS6", "HS28", "HS40", "HS78", "BT10", "HIMMELBC", "BOOTH", "TRIGON1NE"]
