@@ -53,6 +53,12 @@ def test_load_errors(monkeypatch):
     # a name no sif2jax file mentions is refused at once, with close names
     with pytest.raises(KeyError, match="'HS7l'. Close names: HS7"):
         cutest.load("HS7l")
+    with pytest.raises(KeyError, match="'hs71'. Close names: HS71"):
+        cutest.load("hs71")
+    with pytest.raises(KeyError, match="called 'HS'"):  # no HS class: not imported
+        cutest.load("HS")
+    with pytest.raises(TypeError, match="`name` must be a str"):
+        cutest.load(71)
 
     # a name that some file quotes but no class defines falls back to sif2jax's own
     # lookup (stubbed: the real one imports every problem)
