@@ -188,7 +188,16 @@ def _folds(cv, n):
             raise ValueError(f"`cv` must be an int in [2, n_samples={n}]; got {cv}.")
         tests = np.array_split(np.arange(n), cv)  # scikit-learn's KFold
         return [(np.setdiff1d(np.arange(n), te), te) for te in tests]
-    return [(np.asarray(tr), np.asarray(te)) for tr, te in cv]
+    try:
+        folds = [(np.asarray(tr, int), np.asarray(te, int)) for tr, te in cv]
+    except (TypeError, ValueError) as e:
+        raise ValueError(
+            "`cv` must be a number of folds or a list of (train_indices, "
+            f"test_indices) pairs of integer arrays; got {cv!r}."
+        ) from e
+    if not folds or any(tr.size == 0 or te.size == 0 for tr, te in folds):
+        raise ValueError("`cv`: every fold needs training and test indices.")
+    return folds
 
 
 def _masks(folds, n, dtype):
@@ -215,6 +224,17 @@ def _check_converged(violation, tol, what):
 
 class _HyperparameterLinearModel(eqx.Module):
     """Shared `fit`; subclasses give `l1_ratio`."""
+
+    def __check_init__(self):
+        for name, low in (("n_coarse", 2), ("n_starts", 1), ("max_iter", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"`{name}` must be an int >= {low}; got {value!r}.")
+        for name in ("tol", "coarse_tol"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"`{name}` must be > 0; got {getattr(self, name)!r}.")
+        if not self.start_gap >= 0:
+            raise ValueError(f"`start_gap` must be >= 0; got {self.start_gap!r}.")
 
     @abc.abstractmethod
     def _l1_ratio(self) -> float:

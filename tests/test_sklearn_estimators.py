@@ -41,6 +41,12 @@ def test_bad_input_is_a_named_error():
         bx.sklearn.LassoHO(cv=1).fit(np.ones((5, 2)), np.ones(5))
     with pytest.raises(ValueError, match="l1_ratio"):
         bx.sklearn.ElasticNetHO(l1_ratio=0.0)
+    with pytest.raises(ValueError, match="`n_coarse` must be an int >= 2"):
+        bx.sklearn.LassoHO(n_coarse=0)
+    with pytest.raises(ValueError, match="`tol` must be > 0"):
+        bx.sklearn.ElasticNetHO(tol=-1.0)
+    with pytest.raises(ValueError, match="`cv` must be a number of folds or a list"):
+        bx.sklearn.LassoHO(cv=[1, 2]).fit(np.ones((5, 2)), np.ones(5))
 
 
 @pytest.mark.slow

@@ -284,7 +284,7 @@ def _compiled_hypergradient(
         "`max_steps_reached`: ‖∇_y g(x, y)‖ above `tol` and above `inner_rtol` times "
         "its value at y0), and the implicit function theorem only holds at a "
         "solution: this hypergradient may be wrong, even in sign. Give the inner "
-        "solver more steps (`GradientDescent(num_steps=...)`) or a larger step "
+        "solver more steps (its `num_steps=...`) or a larger step "
         "size, or warm-start `y0` near the solution; or pass `throw=False` and "
         "read `stats`.",
     )
