@@ -60,6 +60,9 @@ def test_root_vjp_under_jit_and_vmap():
 # so every call that should raise is wrapped in `jax.block_until_ready`.
 
 
+MAX_STEPS_CG = "status `lineax.RESULTS.max_steps_reached`.*CG reached"
+
+
 def test_truncated_solve_is_reported_not_hidden():
     problem = Ridge()
     w = problem.solve(None, X)
@@ -70,13 +73,13 @@ def test_truncated_solve_is_reported_not_hidden():
     assert stats.result == lx.RESULTS.max_steps_reached
     assert int(stats.num_steps) == 2
     assert float(stats.residual) > 1e-6
-    with pytest.raises(RuntimeError, match="status `lineax.RESULTS.max_steps_reached`.*CG reached"):
+    with pytest.raises(RuntimeError, match=MAX_STEPS_CG):
         jax.block_until_ready(root_vjp(F, w, (X,), u, linear_solver=short))
     # The decorator raises too, in reverse and in forward mode.
     solve = custom_root(F, linear_solver=short)(problem.solve)
-    with pytest.raises(RuntimeError, match="status `lineax.RESULTS.max_steps_reached`.*CG reached"):
+    with pytest.raises(RuntimeError, match=MAX_STEPS_CG):
         jax.block_until_ready(jax.grad(lambda x: problem.outer(solve(None, x)))(X))
-    with pytest.raises(RuntimeError, match="status `lineax.RESULTS.max_steps_reached`.*CG reached"):
+    with pytest.raises(RuntimeError, match=MAX_STEPS_CG):
         jax.block_until_ready(jax.jvp(lambda x: solve(None, x), (X,), (X,)))
     # ... unless the user opts out.
     lenient = custom_root(F, linear_solver=short, throw=False)(problem.solve)
