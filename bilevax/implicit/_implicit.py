@@ -213,9 +213,12 @@ _TRANSPOSED_TAGS = {
 @eqx.filter_jit  # compiled even when called eagerly, so that a failure raises as
 def _checked_solve(linear_solver, operator, vector, throw: bool):  # a RuntimeError
     state = linear_solver.init(operator, {})
-    x, result, _ = linear_solver.compute(state, vector, {})
+    x, result, stats = linear_solver.compute(state, vector, {})
     if throw:
-        residual = _relative_residual(operator, x, vector)
+        # the wrapped solver reports it unless told not to (`residual=False`)
+        residual = stats.get("residual")
+        if residual is None:
+            residual = _relative_residual(operator, x, vector)
         where = "`custom_root` (implicit derivative)"
         x = raise_if_failed(x, result, residual, linear_solver, where, None)
     return x
@@ -234,62 +237,62 @@ def _all_linear(tree):
     return jtu.tree_map(lambda leaf: leaf + zero.astype(leaf.dtype), tree)
 
 
-def _linear_solve(operator, vector, tags, linear_solver, throw: bool):
-    """`A⁻¹ b` for the JVP rule, as `jax.lax.custom_linear_solve`.
+def _custom_linear_solve(operator, vector, tags, solve, has_aux: bool = False):
+    """`A⁻¹ b` as `jax.lax.custom_linear_solve`, with `solve(op, b, transposed)`
+    solving on the lineax operator `op` built from the matvec JAX passes in.
 
-    Its rules, not lineax's, transpose the solve (reverse mode: a solve with `Aᵀ`,
-    by the same `linear_solver`) and batch it: under `vmap` with `A` batched and
-    `b` not (or one leaf of `b` not), `b` is broadcast, which lineax's transposed
-    `linear_solve` does not do. The status is checked inside each solve, forward
-    or transposed, and raises when `throw`.
+    Its rules, not lineax's, transpose the solve (reverse mode: a solve with `Aᵀ`)
+    and batch it: under `vmap` with `A` batched and `b` not (or one leaf of `b`
+    not), `b` is broadcast, which lineax's transposed `linear_solve` does not do.
     """
     struct = operator.in_structure()
 
-    def solve_with(tags_):
-        def solve(matvec, b):
+    def solve_with(tags_, transposed: bool):
+        def solve_(matvec, b):
             op = lx.FunctionLinearOperator(matvec, struct, tags_)
-            return _checked_solve(linear_solver, op, b, throw)
+            return solve(op, b, transposed)
 
-        return solve
+        return solve_
 
     symmetric = lx.symmetric_tag in tags
-    transposed = frozenset(_TRANSPOSED_TAGS.get(tag, tag) for tag in tags)
+    transposed_tags = frozenset(_TRANSPOSED_TAGS.get(tag, tag) for tag in tags)
     return jax.lax.custom_linear_solve(
         operator.mv,
         _all_linear(vector),
-        solve_with(tags),
-        None if symmetric else solve_with(transposed),
+        solve_with(tags, False),
+        None if symmetric else solve_with(transposed_tags, True),
         symmetric=symmetric,
+        has_aux=has_aux,
+    )
+
+
+def _linear_solve(operator, vector, tags, linear_solver, throw: bool):
+    """`A⁻¹ b` for the JVP rule (`_custom_linear_solve`, by the same
+    `linear_solver` forward and transposed). The status is checked inside each
+    solve, forward or transposed, and raises when `throw`."""
+    return _custom_linear_solve(
+        operator,
+        vector,
+        tags,
+        lambda op, b, _: _checked_solve(linear_solver, op, b, throw),
     )
 
 
 def _reporting_solve(operator, vector, linear_solver, options) -> lx.Solution:
-    """`lineax.linear_solve` (status and stats kept) as `custom_linear_solve`.
+    """`lineax.linear_solve` (status and stats kept) as `_custom_linear_solve`.
 
     `root_vjp`/`root_jvp` are themselves differentiated (second order, `grad` of
-    `vmap` with a shared parameter): as in `_linear_solve`, JAX's rules rather than
-    lineax's transpose and batch the solve; the status and stats are its aux.
+    `vmap` with a shared parameter), so JAX's rules rather than lineax's transpose
+    and batch the solve; the status and stats are its aux.
     """
-    struct = operator.in_structure()
-    tags = operator.tags
 
-    def solve_with(tags_, options_):
-        def solve(matvec, b):
-            op = lx.FunctionLinearOperator(matvec, struct, tags_)
-            sol = lx.linear_solve(op, b, linear_solver, options=options_, throw=False)
-            return sol.value, (sol.result, sol.stats)
+    def solve(op, b, transposed: bool):
+        options_ = None if transposed else options
+        sol = lx.linear_solve(op, b, linear_solver, options=options_, throw=False)
+        return sol.value, (sol.result, sol.stats)
 
-        return solve
-
-    symmetric = lx.symmetric_tag in tags
-    transposed = frozenset(_TRANSPOSED_TAGS.get(tag, tag) for tag in tags)
-    value, (result, stats) = jax.lax.custom_linear_solve(
-        operator.mv,
-        _all_linear(vector),
-        solve_with(tags, options),
-        None if symmetric else solve_with(transposed, None),
-        symmetric=symmetric,
-        has_aux=True,
+    value, (result, stats) = _custom_linear_solve(
+        operator, vector, operator.tags, solve, has_aux=True
     )
     return lx.Solution(value=value, result=result, stats=stats, state=None)
 
