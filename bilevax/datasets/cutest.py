@@ -102,13 +102,20 @@ def _class_files(root: pathlib.Path) -> dict[str, pathlib.Path]:
     return found
 
 
-def _problem_alone(name: str):
-    """An instance of the sif2jax problem class `name`, importing only the module
-    that defines it; `None` if it is not found that way."""
+def _sif2jax_root() -> pathlib.Path | None:
+    """The folder of the installed sif2jax package (not imported), or `None`."""
     spec = importlib.util.find_spec("sif2jax")
     if spec is None or spec.origin is None:
         return None
-    root = pathlib.Path(spec.origin).parent
+    return pathlib.Path(spec.origin).parent
+
+
+def _problem_alone(name: str):
+    """An instance of the sif2jax problem class `name`, importing only the module
+    that defines it; `None` if it is not found that way."""
+    root = _sif2jax_root()
+    if root is None:
+        return None
     path = _class_files(root).get(name)
     if path is None:
         return None
@@ -129,10 +136,9 @@ def _check_known(name: str):
     """Raise `KeyError` at once for a name that no file of sif2jax's `cutest` tree
     mentions, instead of importing all of sif2jax (one to two minutes) to learn
     that it is unknown."""
-    spec = importlib.util.find_spec("sif2jax")
-    if spec is None or spec.origin is None:
+    root = _sif2jax_root()
+    if root is None:
         return
-    root = pathlib.Path(spec.origin).parent
     classes = _class_files(root)
     word = re.compile(rf"['\"]{re.escape(name)}['\"]")
     if not classes or (
