@@ -256,7 +256,7 @@ def _custom_linear_solve(operator, vector, tags, solve, has_aux: bool = False):
 
     symmetric = lx.symmetric_tag in tags
     transposed_tags = frozenset(_TRANSPOSED_TAGS.get(tag, tag) for tag in tags)
-    return jax.lax.custom_linear_solve(
+    out = jax.lax.custom_linear_solve(
         operator.mv,
         _all_linear(vector),
         solve_with(tags, False),
@@ -264,6 +264,14 @@ def _custom_linear_solve(operator, vector, tags, solve, has_aux: bool = False):
         symmetric=symmetric,
         has_aux=has_aux,
     )
+    # The same mixing on the way out: the cotangent JAX hands the transposed solve
+    # then has every leaf linear in the others, so that under second order (the
+    # JVP of a backward pass, e.g. `jax.hessian`) no leaf of its right-hand side
+    # is a symbolic zero, which JAX's JVP rule of `custom_linear_solve` cannot
+    # bind (a leaf the loss does not reach, e.g. the multipliers' block).
+    if has_aux:
+        return _all_linear(out[0]), out[1]
+    return _all_linear(out)
 
 
 def _linear_solve(operator, vector, tags, linear_solver, throw: bool):

@@ -299,3 +299,23 @@ def test_solver_output_the_condition_cannot_take_is_named():
     solve = custom_root(lambda y, a: y - a)(lambda init, a: jnp.zeros(3))
     with pytest.raises(ValueError, match=r"(?s)`solver`.*float\d+\[3\]"):
         solve(None, jnp.ones(2))
+
+
+def test_second_order_when_the_loss_skips_a_block_of_the_solution():
+    """Hessians through `custom_root` whose solution is a pair `(y, z)` and whose
+    loss reads `y` only: under second order the cotangent of `z` is a symbolic zero
+    in the adjoint solve's right-hand side, which once crashed JAX's JVP rule of
+    `custom_linear_solve` (`jax.hessian` through KKT-type conditions)."""
+    with jax.enable_x64(True):
+        # F(y, z; θ) = (y - θ², z - 2y): y = θ², z = 2θ²
+        condition = lambda sol, theta: (sol[0] - theta**2, sol[1] - 2 * sol[0])
+        solve = custom_root(condition)(lambda init, t: (t**2, 2 * t**2))
+        theta = jnp.array([1.5, -0.5])
+        loss = lambda t: jnp.sum(jnp.sin(solve(None, t)[0]))  # Σ sin θ²
+        expected = jnp.diag(2 * jnp.cos(theta**2) - 4 * theta**2 * jnp.sin(theta**2))
+        for hess in (jax.hessian, lambda f: jax.jacrev(jax.grad(f))):
+            assert jnp.allclose(hess(loss)(theta), expected, atol=1e-10)
+        # the loss reads z only (the cotangent of y is the zero one): d²/dθ² Σ (2θ²)²
+        # = 48 θ²
+        loss_z = lambda t: jnp.sum(solve(None, t)[1] ** 2)
+        assert jnp.allclose(jax.hessian(loss_z)(theta), jnp.diag(48 * theta**2))

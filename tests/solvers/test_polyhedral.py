@@ -180,3 +180,27 @@ def test_jacobian_under_vmap_and_in_projected_gradient():
     )
     np.testing.assert_allclose(solve(None, 1.0), [1.0, 0.0], atol=1e-9)
     np.testing.assert_allclose(jax.jacobian(solve, argnums=1)(None, 1.0), [0.5, 0.5])
+
+
+def test_second_order_through_the_projection():
+    """`jax.hessian` through the projection: the adjoint solve's cotangent has a
+    multipliers' block the loss does not reach (a symbolic zero under second order),
+    which once crashed JAX's JVP rule of `custom_linear_solve`."""
+    # half-plane: y = c - (Σc - 1)/2 on the active face, J = I - 11ᵀ/2, and
+    # H = Jᵀ diag(6y) J for the loss Σ y³ (J constant on the face)
+    halfplane = lambda t: (
+        S.project_polyhedron(t, ineq=lambda v: jnp.array([v[0] + v[1] - 1.0])).y
+    )
+    loss = lambda t: jnp.sum(halfplane(t) ** 3)
+    c = jnp.array([2.0, 1.0])
+    J = jnp.eye(2) - 0.5
+    expected = J.T @ jnp.diag(6 * halfplane(c)) @ J
+    np.testing.assert_allclose(jax.hessian(loss)(c), expected, atol=1e-10)
+    np.testing.assert_allclose(jax.jacfwd(jax.grad(loss))(c), expected, atol=1e-10)
+    # a random polyhedron (equalities, inequalities, box): against differences of
+    # the gradient
+    eq, ineq, bounds, _ = _polyhedron(2, n=5, m=1, p=4)
+    target = 2 * jax.random.normal(jax.random.key(7), (5,))
+    loss = lambda t: jnp.sum(jnp.sin(S.project_polyhedron(t, eq, ineq, bounds).y))
+    reference = _central_differences(jax.grad(loss), target)
+    np.testing.assert_allclose(jax.hessian(loss)(target), reference, atol=1e-6)
