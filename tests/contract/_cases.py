@@ -166,6 +166,7 @@ CASES = {
         ),
         _pytree_args,
         rtol=1e-5,
+        fd_eps=1e-4,  # the L-BFGS solve leaves ~1e-11 of noise in the loss
     ),
     "custom_fixed_point": Case(
         "implicit.custom_fixed_point",

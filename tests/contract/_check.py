@@ -27,6 +27,7 @@ class Case:
     hessian: bool = True
     argnums: tuple | None = None  # default: every argument
     rtol: float = 1e-6
+    fd_eps: float = 1e-6  # larger where the solve's own noise swamps a 1e-6 step
 
 
 def _loss(fn):
@@ -83,7 +84,7 @@ def _jacobians(case, loss, args, i, rtol, dtype):
     if case.forward:
         _close(jax.jacfwd(case.fn, i)(*args), J_rev, rtol, f"jacfwd arg {i}")
     if case.fd and dtype == jnp.float64:
-        _close(grad, _fd_grad(loss, args, i, 1e-6), 1e-5, f"FD arg {i}")
+        _close(grad, _fd_grad(loss, args, i, case.fd_eps), 1e-5, f"FD arg {i}")
 
 
 def _vmap_grad(case, loss, args, i, rtol, dtype):
