@@ -71,6 +71,14 @@ _SLOW = (
     "datasets/test_cutest.py::test_sketched_newton_on_cutest[BT10]",
     "datasets/test_cutest.py::test_sketched_newton_bfgs[BT10]",
     "datasets/test_cutest.py::test_sketched_newton_bfgs[HS40]",
+    # bad input: the first-order family is covered by F2SA; prox Jacobians by the
+    # weighted group L1
+    "test_bad_input.py::test_bad_input[PenaltyMethod-",
+    "test_prox.py::test_jacobian_equals_finite_differences[group_l1]",
+    # the longest docs pages (the getting-started page and the tutorials of each
+    # family stay in the default run)
+    "test_docs.py::test_the_code_of_each_page_runs[reliability.md]",
+    "test_docs.py::test_the_code_of_each_page_runs[tutorials/first-order.md]",
 )
 
 

@@ -35,7 +35,7 @@ def single(tmp_path_factory):
     return np.load(path)
 
 
-def test_eight_devices_match_one(tmp_path, single):
+def test_eight_devices_match_one(tmp_path):
     path = tmp_path / "out.npz"
     flags = "--xla_force_host_platform_device_count=8"
     subprocess.run(
@@ -48,7 +48,6 @@ def test_eight_devices_match_one(tmp_path, single):
     assert int(out["devices"]) == 8 and int(out["sharded_over"]) == 8
     for key in KEYS:
         assert _relative(out[key], out[f"single_{key}"]) < 1e-6, key
-        assert _relative(out[key], single[f"single_{key}"]) < 1e-6, key
 
 
 def _free_port() -> int:
@@ -57,6 +56,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# slow: three more interpreters compiling the same runs (the 8-device case covers
+# the sharded computation in the default run; this one adds jax.distributed)
+@pytest.mark.slow
 def test_two_processes_match_one(tmp_path, single):
     path, port = tmp_path / "out.npz", str(_free_port())
     procs = [
