@@ -15,7 +15,7 @@ import lineax as lx
 from jaxtyping import Array, PyTree
 
 from .._display import fields_repr, status_name, summarize
-from ..implicit import ImplicitAdjoint, conditions, iterate, root_vjp
+from ..implicit import ImplicitAdjoint, conditions, custom_root, iterate, root_vjp
 from ..implicit._iterate import AbstractIterateAdjoint
 from ..implicit._linear_solve import CG, default_tolerance, raise_if_failed
 from ..implicit._tree import tree_all_finite, tree_norm
@@ -94,7 +94,7 @@ def _constrained_hypergradient(problem, f, g, x, y0, inner: ConstrainedInner):
         failed,
         inner_result=sol.result,
     )
-    return value, grad, jax.lax.stop_gradient(sol.y), stats
+    return value, grad, sol.y, stats
 
 
 class HypergradientStats(eqx.Module):
@@ -299,6 +299,15 @@ def _compiled_hypergradient(
     )
 
 
+def _implicit_in_x(condition, linear_solver, y, x):
+    """`y` unchanged in value, and differentiable in `x` by the implicit function
+    theorem (`dy/dx = -(∂_y F)⁻¹ ∂_x F`): the value, the inner solution and the
+    hypergradient returned (second order: an outer Newton or Hessian-vector step)
+    then have their exact derivatives, not only their direct terms."""
+    solution = custom_root(condition, linear_solver)(lambda init, x_: init)
+    return solution(jax.lax.stop_gradient(y), x)
+
+
 def _inner_status(residual, start, tol, inner_rtol):
     """`(inner_result, inner_failed)` of a solve to tolerance from the residual it
     reached and the one it started from (see `HypergradientStats`)."""
@@ -336,12 +345,12 @@ def _hypergradient(
         y, inner_steps = inner_solver.solve(
             g, jax.lax.stop_gradient(y0), jax.lax.stop_gradient(x), tol
         )
-        y = jax.lax.stop_gradient(y)
-        value, (grad_x, grad_y) = jax.value_and_grad(f, argnums=(0, 1))(x, y)
         linear_solver = adjoint.linear_solver
         if linear_solver is None:
             linear_solver = CG(rtol=tol)
         condition = conditions.stationarity(lambda y_, x_: g(x_, y_))
+        y = _implicit_in_x(condition, linear_solver, y, x)
+        value, (grad_x, grad_y) = jax.value_and_grad(f, argnums=(0, 1))(x, y)
         (ct_x,), istats = root_vjp(
             condition,
             y,

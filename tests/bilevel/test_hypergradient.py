@@ -242,3 +242,35 @@ def test_failed_adjoint_solve_names_solver_residual_and_remedy():
         bx.bilevel.hypergradient(
             problem, jnp.ones(3), jnp.zeros(3), bx.bilevel.LBFGS(), adjoint
         )
+
+
+# y*(x) = x / (1 + x²) coordinatewise: h(x) = Σ (y* - 0.3)² + 0.1‖x‖²
+_CLOSED = bx.bilevel.BilevelProblem(
+    outer=lambda x, y, b: jnp.sum((y - 0.3) ** 2) + 0.1 * jnp.sum(x**2),
+    inner=lambda x, y, b: 0.5 * jnp.sum((1 + x**2) * y**2) - jnp.sum(x * y),
+)
+
+
+def _h(x):
+    return jnp.sum((x / (1 + x**2) - 0.3) ** 2) + 0.1 * jnp.sum(x**2)
+
+
+@pytest.mark.parametrize(
+    "inner_solver",
+    [bx.bilevel.GradientDescent(), bx.bilevel.LBFGS(), bx.bilevel.ConstrainedInner()],
+    ids=["gd", "lbfgs", "kkt"],
+)
+def test_outputs_have_their_exact_derivatives(inner_solver):
+    """The value, the inner solution and the hypergradient returned are functions of
+    `x` whose derivatives are exact (once only their direct terms were: the inner
+    solution was a constant), so an outer Newton or Hessian-vector step is right."""
+    x = jnp.array([0.5, 1.5, -0.7])
+    out = lambda x_: bx.bilevel.hypergradient(_CLOSED, x_, jnp.zeros(3), inner_solver)
+    rtol = 1e-6
+    assert jnp.allclose(out(x)[1], jax.grad(_h)(x), rtol=rtol)
+    assert jnp.allclose(jax.grad(lambda x_: out(x_)[0])(x), jax.grad(_h)(x), rtol=rtol)
+    dy = jax.jacfwd(lambda x_: x_ / (1 + x_**2))(x)
+    assert jnp.allclose(jax.jacrev(lambda x_: out(x_)[2])(x), dy, rtol=rtol)
+    hessian = jax.hessian(_h)(x)
+    assert jnp.allclose(jax.jacfwd(lambda x_: out(x_)[1])(x), hessian, rtol=rtol)
+    assert jnp.allclose(jax.jacrev(lambda x_: out(x_)[1])(x), hessian, rtol=rtol)
