@@ -110,7 +110,14 @@ class UnrolledAdjoint(AbstractIterateAdjoint):
       unstable dynamics against exploding metagradients; biases the gradient).
 
     Reverse mode only: `jax.jvp`/`jax.jacfwd` through a checkpointed loop raise an
-    error (use `checkpoints="all"` for forward mode).
+    error (use `checkpoints="all"` for forward mode). Second order: forward over
+    reverse (`jax.hessian`, `jax.jacfwd(jax.grad(...))`) works; reverse over
+    reverse (`jax.grad(jax.grad(...))`, `jax.jacrev(jax.jacrev(...))`, or `jax.grad`
+    of a function that itself takes a `jax.grad` through the loop, such as the
+    `value` returned by `bilevax.bilevel.hypergradient` with this adjoint) does not:
+    JAX cannot transpose the `while_loop` that replays the checkpoints, and says
+    "Reverse-mode differentiation does not work for lax.while_loop". Use
+    `checkpoints="all"` there.
 
     Example:
 

@@ -388,3 +388,22 @@ def test_forward_mode_support_by_adjoint():
     for adjoint in (UnrolledAdjoint(), TruncatedAdjoint(5)):
         with pytest.raises(TypeError, match=type(adjoint).__name__ + ".*reverse mode"):
             jax.jacfwd(final(adjoint))(x)
+
+
+def test_second_order_through_the_checkpointed_loop():
+    """Forward over reverse works through the checkpointed loop; reverse over
+    reverse needs `checkpoints="all"` (documented on `UnrolledAdjoint`)."""
+    with jax.enable_x64(True):
+        step = lambda y, lam, t: y - 0.1 * (y - 1.0 + lam * y * y)
+
+        def f(lam, adjoint):
+            return iterate(step, jnp.zeros(2), lam, 50, adjoint=adjoint).sum()
+
+        everything = lambda lam: f(lam, UnrolledAdjoint(checkpoints="all"))
+        reference = jax.grad(jax.grad(everything))(0.7)
+        checkpointed = lambda lam: f(lam, UnrolledAdjoint())
+        assert jnp.allclose(jax.hessian(checkpointed)(0.7), reference, rtol=1e-10)
+        assert jnp.allclose(jax.jacfwd(jax.grad(checkpointed))(0.7), reference)
+        h = 1e-5
+        fd = (jax.grad(everything)(0.7 + h) - jax.grad(everything)(0.7 - h)) / (2 * h)
+        assert jnp.allclose(reference, fd, rtol=1e-6)
