@@ -27,6 +27,16 @@ import optax.projections as projections
 from jaxtyping import Array, ArrayLike
 
 
+def _theta(theta, name: str, default=None):
+    """`theta`, or `default` for `None` (jaxopt's `hyperparams=None`); a clear
+    error where there is no default."""
+    if theta is not None:
+        return theta
+    if default is None:
+        raise TypeError(f"`bilevax.prox.{name}`: `theta` is required (got None).")
+    return default
+
+
 def l1(v: Array, theta: ArrayLike, eta: ArrayLike = 1.0) -> Array:
     r"""Soft thresholding, the prox of `Σ_i θ_i |u_i|`:
     `u_i = sign(v_i) max(|v_i| - η θ_i, 0)`.
@@ -47,6 +57,7 @@ def l1(v: Array, theta: ArrayLike, eta: ArrayLike = 1.0) -> Array:
 
     ```
     """
+    theta = _theta(theta, "l1")
     return jnp.sign(v) * jnp.maximum(jnp.abs(v) - eta * theta, 0.0)
 
 
@@ -68,6 +79,7 @@ def elastic_net(v: Array, theta: tuple, eta: ArrayLike = 1.0) -> Array:
 
     ```
     """
+    theta = _theta(theta, "elastic_net")
     theta1, theta2 = theta
     return l1(v, theta1, eta) / (1.0 + eta * theta2)
 
@@ -92,6 +104,7 @@ def group_l1(v: Array, theta: ArrayLike, eta: ArrayLike = 1.0) -> Array:
 
     ```
     """
+    theta = _theta(theta, "group_l1")
     squared = jnp.sum(v**2, axis=-1, keepdims=True)
     safe = jnp.sqrt(jnp.where(squared > 0, squared, 1.0))  # no NaN derivative at 0
     theta = jnp.expand_dims(jnp.asarray(theta), -1)
@@ -112,6 +125,7 @@ def non_negative_l1(v: Array, theta: ArrayLike, eta: ArrayLike = 1.0) -> Array:
 
     ```
     """
+    theta = _theta(theta, "non_negative_l1")
     return jnp.maximum(v - eta * theta, 0.0)
 
 
@@ -129,13 +143,14 @@ def box(v: Array, theta: tuple, eta: ArrayLike = 1.0) -> Array:
 
     ```
     """
+    theta = _theta(theta, "box")
     lower, upper = theta
     return projections.projection_box(v, lower, upper)
 
 
 def simplex(v: Array, theta: ArrayLike = 1.0, eta: ArrayLike = 1.0) -> Array:
-    r"""Projection onto the simplex `{u >= 0, Σ u = θ}` (`θ > 0`, default 1) of a
-    vector `v`; `eta` is ignored.
+    r"""Projection onto the simplex `{u >= 0, Σ u = θ}` of a vector `v` (`θ > 0`;
+    default, or `None`, 1); `eta` is ignored.
 
     Example:
 
@@ -147,11 +162,13 @@ def simplex(v: Array, theta: ArrayLike = 1.0, eta: ArrayLike = 1.0) -> Array:
 
     ```
     """
+    theta = _theta(theta, "simplex", 1.0)
     return projections.projection_simplex(v, theta)
 
 
 def l1_ball(v: Array, theta: ArrayLike = 1.0, eta: ArrayLike = 1.0) -> Array:
-    r"""Projection onto the L1 ball `{‖u‖₁ <= θ}` (`θ > 0`); `eta` is ignored.
+    r"""Projection onto the L1 ball `{‖u‖₁ <= θ}` (`θ > 0`; default, or `None`,
+    1); `eta` is ignored.
 
     Example:
 
@@ -163,11 +180,13 @@ def l1_ball(v: Array, theta: ArrayLike = 1.0, eta: ArrayLike = 1.0) -> Array:
 
     ```
     """
+    theta = _theta(theta, "l1_ball", 1.0)
     return projections.projection_l1_ball(v, theta)
 
 
 def l2_ball(v: Array, theta: ArrayLike = 1.0, eta: ArrayLike = 1.0) -> Array:
-    r"""Projection onto the L2 ball `{‖u‖₂ <= θ}` (`θ > 0`); `eta` is ignored.
+    r"""Projection onto the L2 ball `{‖u‖₂ <= θ}` (`θ > 0`; default, or `None`,
+    1); `eta` is ignored.
 
     Example:
 
@@ -179,6 +198,7 @@ def l2_ball(v: Array, theta: ArrayLike = 1.0, eta: ArrayLike = 1.0) -> Array:
 
     ```
     """
+    theta = _theta(theta, "l2_ball", 1.0)
     return projections.projection_l2_ball(v, theta)
 
 

@@ -125,3 +125,14 @@ def test_scipy_agrees_on_the_elastic_net_prox():
     obj = lambda w: 0.5 * np.sum((w - V) ** 2) + ETA * float(_elastic(w, theta))
     ref = minimize(obj, np.zeros(V.size), method="Powell", options={"xtol": 1e-10})
     np.testing.assert_allclose(_call("elastic_net", V, theta), ref.x, atol=1e-6)
+
+
+def test_none_theta_means_the_default_or_is_refused_by_name():
+    """jaxopt passes `hyperparams=None` for "the default": the projections with a
+    default radius take it; the penalties, which have none, say so."""
+    v = jnp.array([1.0, 0.5, -1.0])
+    for project in (bx.prox.simplex, bx.prox.l1_ball, bx.prox.l2_ball):
+        assert jnp.array_equal(project(v, None), project(v, 1.0))
+    for prox in (bx.prox.l1, bx.prox.elastic_net, bx.prox.group_l1, bx.prox.box):
+        with pytest.raises(TypeError, match=f"prox.{prox.__name__}`: `theta`"):
+            prox(v, None)
