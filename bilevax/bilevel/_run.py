@@ -73,14 +73,15 @@ class RESULTS(eqxi.Enumeration):
     diverged = (
         "The run diverged: a step produced a non-finite x, y or hypergradient (NaN "
         "or infinity) or an iterate beyond the square root of the largest float, or "
-        "the losses on the data were non-finite (NaN in the data, x0 or y0). The "
-        "result holds the last iterate before it; check the data and x0/y0 for NaN, "
-        "lower the step sizes, or check that the lower level is bounded below."
+        "the losses on the data were non-finite (NaN in the data, x0 or y0). With "
+        "`throw=False` the result holds the last iterate before it. Check the data "
+        "and x0/y0 for NaN, lower the step sizes, or check that the lower level is "
+        "bounded below."
     )
     inner_failed = (
         "The lower-level solve failed (its constraints are infeasible at the current "
         "x, or its residual ‖∇_y g‖ became non-finite or grew): the run stopped "
-        "there, and the result holds that x."
+        "there (with `throw=False` the result holds that x)."
     )
 
 
