@@ -51,7 +51,9 @@ class MAID(AbstractBilevelAlgorithm):
        value `f̃ = f(x, ỹ)`. The value's error is at most
        `ω(x) = ‖∇_y f(x, ỹ)‖ e + ℓ_f e²/2`.
     2. Backtracking: for `α = β, β ρ, β ρ², …` (at most `J = max_backtracks ·
-       (1 + min(consecutive failures, 3))` trials, as MAID's code's retries), solve
+       (1 + consecutive failures)` trials: MAID's code retries; we do not cap
+       the retries, so that a first step too long by orders of magnitude, e.g.
+       on data of another scale, is still found), solve
        the lower level at `x⁺ = x - α p` (from `ỹ`, same accuracy) and accept the
        first step with the sufficient decrease that still holds for the exact
        values:
@@ -168,10 +170,7 @@ class MAID(AbstractBilevelAlgorithm):
             return j + 1, ok, x_new, y_new
 
         j, ok, x_new, y_new = jax.lax.while_loop(
-            lambda c: (
-                ~c[1]
-                & (c[0] < self.max_backtracks * (1 + jnp.minimum(state.failures, 3)))
-            ),
+            lambda c: ~c[1] & (c[0] < self.max_backtracks * (1 + state.failures)),
             trial,
             (jnp.array(0), jnp.array(False), state.x, y),
         )

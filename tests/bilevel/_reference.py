@@ -175,7 +175,7 @@ def maid_step(Q, x, y, s, cfg):
     y = solve(x, y)
     p = mu * x + B.T @ np.linalg.solve(H, y - y_t - eps_bar)
     value, omega = value_error(x, y)
-    for j in range(cfg["max_backtracks"] * (1 + min(s["failures"], 3))):
+    for j in range(cfg["max_backtracks"] * (1 + s["failures"])):
         alpha = s["trial"] * cfg["backtrack"] ** j
         x_new = x - alpha * p
         y_new = solve(x_new, y)

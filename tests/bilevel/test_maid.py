@@ -2,7 +2,9 @@
 updates included), convergence with defaults."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import bilevax as bx
 
@@ -56,3 +58,35 @@ def test_deterministic_reaches_1e_3_with_defaults():
     )()
     assert res.result == bx.bilevel.RESULTS.successful
     assert Q.grad_norm_ratio(res.x) <= 1e-3
+
+
+@pytest.mark.parametrize("scale", [1.0, 100.0])
+def test_defaults_on_data_of_another_scale(scale):
+    """Ridge log-strength tuning with the data (and so ℓ_h) multiplied by 100: the
+    first trial step `lr/ℓ_h` is then far too long, and a line search that never
+    shrinks it across iterations left x at x0 while reporting success."""
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(0)
+        X = scale * rng.standard_normal((40, 5))
+        t = X @ rng.standard_normal(5) + 0.8 * scale * rng.standard_normal(40)
+        train, val = (X[:25], t[:25]), (X[25:], t[25:])
+
+        def h(x):  # the exact outer loss
+            A, b = train
+            w = np.linalg.solve(A.T @ A / 25 + np.exp(x) * np.eye(5), A.T @ b / 25)
+            return 0.5 * np.mean((val[0] @ w - val[1]) ** 2)
+
+        grid = np.linspace(-10, 15, 5001)
+        h_star = min(h(g) for g in grid)
+        problem = bx.bilevel.BilevelProblem(
+            outer=lambda x, y, b: 0.5 * jnp.mean((b[0] @ y - b[1]) ** 2),
+            inner=lambda x, y, b: (
+                0.5 * jnp.mean((b[0] @ y - b[1]) ** 2) + 0.5 * jnp.exp(x[0]) * y @ y
+            ),
+        )
+        data = jax.tree.map(jnp.asarray, (train, val))
+        result = bx.bilevel.MAID().run(
+            problem, jnp.zeros(1), jnp.zeros(5), data, num_steps=300
+        )
+        rel = (h(float(result.x[0])) - h_star) / (h(0.0) - h_star)
+        assert rel <= 1e-3, rel
