@@ -14,6 +14,7 @@ conditions.
 
 from . import sketch as sketch
 from ._augmented_lagrangian import AugmentedLagrangian as AugmentedLagrangian
+from ._base import AbstractConstrainedSolver as AbstractConstrainedSolver
 from ._minimize import minimize as minimize
 from ._polyhedral import (
     PolyhedralProjection as PolyhedralProjection,
@@ -33,6 +34,7 @@ from .sketch import (
 
 __all__ = [
     "RESULTS",
+    "AbstractConstrainedSolver",
     "AugmentedLagrangian",
     "ConstrainedProblem",
     "ConstrainedSolution",

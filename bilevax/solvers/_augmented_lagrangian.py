@@ -32,18 +32,15 @@ absolute values (floored) where it is indefinite, Armijo search along the
 projection arc. Without bounds, any optimistix minimiser can be used instead.
 """
 
-from collections.abc import Callable
-from typing import Any
-
 import equinox as eqx
 import jax
-import jax.flatten_util as jfu
 import jax.numpy as jnp
 import optimistix as optx
 from jaxtyping import Array, PRNGKeyArray
 
+from ._base import AbstractConstrainedSolver
 from ._linesearch import backtrack
-from ._problem import RESULTS, ConstrainedProblem, ConstrainedSolution, flat_bounds
+from ._problem import RESULTS, FlatProblem
 
 
 def _project(y, lower, upper):
@@ -131,11 +128,11 @@ class _State(eqx.Module):
     infeasibility: Array
     kkt: Array
     stop: Array  # the KKT residual with stationarity relative to round-off
-    step: Array
     inner_steps: Array
+    scales: tuple[Array, Array, Array]  # s_f, s_c, s_h of the scaled problem
 
 
-class AugmentedLagrangian(eqx.Module):
+class AugmentedLagrangian(AbstractConstrainedSolver):
     """Safeguarded augmented-Lagrangian method for equality, inequality and bound
     constraints (see the module docs for the updates).
 
@@ -188,31 +185,22 @@ class AugmentedLagrangian(eqx.Module):
     multiplier_bound: float = 1e20
     inner_solver: optx.AbstractMinimiser | None = None
 
-    def run(
-        self, problem: ConstrainedProblem, y0, args, key: PRNGKeyArray
-    ) -> ConstrainedSolution:
+    def _tol(self, dtype) -> float:
+        if self.tol is not None:
+            return self.tol
+        return 1e-8 if jnp.finfo(dtype).bits == 64 else 1e-5
+
+    def init(self, problem: FlatProblem, y, key: PRNGKeyArray) -> _State:
         del key  # deterministic
-        y0_flat, unravel = jfu.ravel_pytree(y0)
-        if problem.bounds is not None and self.inner_solver is not None:
+        if problem.has_bounds and self.inner_solver is not None:
             raise ValueError(
                 "An optimistix `inner_solver` cannot handle bounds; leave "
                 "`inner_solver=None` (projected Newton) for bound constraints."
             )
-        scaled = _Scaled.build(problem, y0_flat, unravel, args)
-        tol = self.tol
-        if tol is None:
-            tol = 1e-8 if jnp.finfo(y0_flat.dtype).bits == 64 else 1e-5
-        s = jax.lax.while_loop(
-            lambda s: self._running(s, tol),
-            lambda s: self._outer_step(scaled, s, tol),
-            self._init(scaled, tol),
-        )
-        return self._postprocess(problem, scaled, s, tol, unravel)
-
-    def _init(self, scaled: "_Scaled", tol) -> _State:
-        y = scaled.y_start
+        scaled = _Scaled.build(problem, y)
+        y, tol = _project(y, problem.lower, problem.upper), self._tol(y.dtype)
         dtype = y.dtype
-        lam0, mu0 = jnp.zeros(scaled.m, dtype), jnp.zeros(scaled.p, dtype)
+        lam0, mu0 = jnp.zeros(problem.m, dtype), jnp.zeros(problem.p, dtype)
         c0, h0 = scaled.c(y), scaled.h(y)
         if self.rho is None:
             violated = jnp.maximum(h0, 0.0)
@@ -227,20 +215,17 @@ class AugmentedLagrangian(eqx.Module):
             rho0 = jnp.asarray(self.rho, dtype)
         V0, kkt0, stop0 = scaled.measures(y, c0, h0, lam0, mu0, mu0, rho0, tol)
         omega0 = jnp.maximum(jnp.asarray(tol, dtype), jnp.sqrt(tol))
-        zero = jnp.array(0)
         rho0 = rho0.astype(dtype)
-        return _State(y, lam0, mu0, rho0, omega0, V0, kkt0, stop0, zero, zero)
-
-    def _running(self, s: _State, tol):
-        infeasible = (s.rho > self.rho_max) & (s.infeasibility > tol)
-        going = (s.step < self.max_steps) & (s.stop > tol)
-        return going & jnp.isfinite(s.kkt) & ~infeasible
+        return _State(
+            y, lam0, mu0, rho0, omega0, V0, kkt0, stop0, jnp.array(0), scaled.scales
+        )
 
     def _inner(self, scaled: "_Scaled", s: _State):
         fn = lambda z: scaled.augmented(z, s.lam, s.mu, s.rho)
         if self.inner_solver is None:
+            lower, upper = scaled.flat.lower, scaled.flat.upper
             return _projected_newton(
-                fn, s.y, scaled.lower, scaled.upper, s.omega, self.inner_max_steps
+                fn, s.y, lower, upper, s.omega, self.inner_max_steps
             )
         sol = optx.minimise(
             lambda z, _: fn(z),
@@ -251,7 +236,8 @@ class AugmentedLagrangian(eqx.Module):
         )
         return sol.value, sol.stats["num_steps"]
 
-    def _outer_step(self, scaled: "_Scaled", s: _State, tol) -> _State:
+    def step(self, problem: FlatProblem, s: _State, key: PRNGKeyArray) -> _State:
+        scaled, tol = _Scaled(problem, *s.scales), self._tol(s.y.dtype)
         y, used = self._inner(scaled, s)
         cy, hy = scaled.c(y), scaled.h(y)
         bound = self.multiplier_bound
@@ -261,36 +247,35 @@ class AugmentedLagrangian(eqx.Module):
         stalled = (V > self.tau * s.infeasibility) & (V > tol)
         rho = jnp.where(stalled, self.rho_growth, 1.0) * s.rho
         omega = jnp.maximum(tol, 0.1 * s.omega)
-        steps = (s.step + 1, s.inner_steps + used)
-        return _State(y, lam, mu, rho, omega, V, kkt, stop, *steps)
+        inner_steps = s.inner_steps + used
+        return _State(y, lam, mu, rho, omega, V, kkt, stop, inner_steps, s.scales)
 
-    def _postprocess(self, problem, scaled: "_Scaled", s: _State, tol, unravel):
-        result = RESULTS.where(
-            s.stop <= tol, RESULTS.successful, RESULTS.max_steps_reached
-        )
+    def terminate(self, problem: FlatProblem, s: _State):
+        tol = self._tol(s.y.dtype)
+        result = RESULTS.where(s.stop <= tol, RESULTS.successful, RESULTS.infeasible)
         infeasible = (s.rho > self.rho_max) & (s.infeasibility > tol)
         result = RESULTS.where(infeasible, RESULTS.infeasible, result)
         finite = jnp.isfinite(s.kkt) & jnp.isfinite(s.stop) & jnp.all(jnp.isfinite(s.y))
-        finite = finite & jnp.isfinite(scaled.f(s.y)) & jnp.isfinite(s.rho)
+        finite = finite & jnp.isfinite(s.rho)
+        finite = finite & jnp.isfinite(_Scaled(problem, *s.scales).f(s.y))
         result = RESULTS.where(finite, result, RESULTS.nonfinite)
+        return (s.stop <= tol) | infeasible | ~finite, result
+
+    def postprocess(self, problem: FlatProblem, s: _State, result: RESULTS):
+        scaled = _Scaled(problem, *s.scales)
+        s_f, s_c, s_h = s.scales
         multipliers = {}
-        if problem.eq is not None:
-            lam = s.lam * scaled.s_c / scaled.s_f
-            multipliers["eq"] = _minimum_norm(scaled.raw_c, s.y, lam)
-        if problem.ineq is not None:
-            multipliers["ineq"] = s.mu * scaled.s_h / scaled.s_f
-        if problem.bounds is not None:
-            g = jax.grad(scaled.lagrangian)(s.y, s.lam, s.mu) / scaled.s_f
-            y, lower, upper = s.y, scaled.lower, scaled.upper
+        if problem.problem.eq is not None:
+            multipliers["eq"] = _minimum_norm(problem.c, s.y, s.lam * s_c / s_f)
+        if problem.problem.ineq is not None:
+            multipliers["ineq"] = s.mu * s_h / s_f
+        if problem.has_bounds:
+            g = jax.grad(scaled.lagrangian)(s.y, s.lam, s.mu) / s_f
+            y, lower, upper = s.y, problem.lower, problem.upper
             multipliers["lower"] = jnp.where(y <= lower, jnp.maximum(g, 0.0), 0.0)
             multipliers["upper"] = jnp.where(y >= upper, jnp.maximum(-g, 0.0), 0.0)
-        stats = {
-            "num_steps": s.step,
-            "kkt_residual": s.kkt,
-            "inner_steps": s.inner_steps,
-            "rho": s.rho,
-        }
-        return ConstrainedSolution(unravel(s.y), multipliers, stats, result)
+        stats = {"kkt_residual": s.kkt, "inner_steps": s.inner_steps, "rho": s.rho}
+        return s.y, multipliers, stats
 
 
 def _minimum_norm(c, y, lam):
@@ -312,50 +297,29 @@ def _scales(fn, y):
 class _Scaled(eqx.Module):
     """The scaled problem `s_f f`, `s_c c`, `s_h h` on flat `y` (module docs)."""
 
-    problem: ConstrainedProblem
-    args: Any
-    unravel: Callable
+    flat: FlatProblem
     s_f: Array
     s_c: Array
     s_h: Array
-    lower: Array
-    upper: Array
-    y_start: Array
-    m: int = eqx.field(static=True)
-    p: int = eqx.field(static=True)
 
     @classmethod
-    def build(cls, problem, y0_flat, unravel, args) -> "_Scaled":
-        lower, upper = flat_bounds(problem, y0_flat, unravel)
-        y = _project(y0_flat, lower, upper)
-        one = jnp.ones((), y.dtype)
-        raw = cls(problem, args, unravel, one, one, one, lower, upper, y, 0, 0)
-        m, p = (jax.eval_shape(fn, y).shape[0] for fn in (raw.raw_c, raw.raw_h))
-        s_f = _scales(lambda z: raw.raw_f(z)[None], y)[0]
-        s_c, s_h = _scales(raw.raw_c, y)[:m], _scales(raw.raw_h, y)[:p]
-        return cls(problem, args, unravel, s_f, s_c, s_h, lower, upper, y, m, p)
+    def build(cls, problem: FlatProblem, y) -> "_Scaled":
+        y = _project(y, problem.lower, problem.upper)
+        s_f = _scales(lambda z: problem.f(z)[None], y)[0]
+        return cls(problem, s_f, _scales(problem.c, y), _scales(problem.h, y))
 
-    def raw_f(self, y):
-        return self.problem.objective(self.unravel(y), self.args)
-
-    def raw_c(self, y):
-        if self.problem.eq is None:
-            return jnp.zeros(0, y.dtype)
-        return self.problem.eq(self.unravel(y), self.args)
-
-    def raw_h(self, y):
-        if self.problem.ineq is None:
-            return jnp.zeros(0, y.dtype)
-        return self.problem.ineq(self.unravel(y), self.args)
+    @property
+    def scales(self) -> tuple[Array, Array, Array]:
+        return self.s_f, self.s_c, self.s_h
 
     def f(self, y):
-        return self.s_f * self.raw_f(y)
+        return self.s_f * self.flat.f(y)
 
     def c(self, y):
-        return self.s_c * self.raw_c(y)
+        return self.s_c * self.flat.c(y)
 
     def h(self, y):
-        return self.s_h * self.raw_h(y)
+        return self.s_h * self.flat.h(y)
 
     def lagrangian(self, y, lam, mu):
         return self.f(y) + lam @ self.c(y) + mu @ self.h(y)
@@ -375,7 +339,7 @@ class _Scaled(eqx.Module):
         shifted = jnp.abs(jnp.maximum(hy, -mu_old / rho))
         V = jnp.maximum(hmax(jnp.abs(cy)), hmax(shifted))
         grad = jax.grad(self.lagrangian)(y, lam, mu)
-        stationarity = _projected_gradient(y, grad, self.lower, self.upper)
+        stationarity = _projected_gradient(y, grad, self.flat.lower, self.flat.upper)
         feasibility = jnp.maximum(hmax(jnp.abs(cy)), hmax(jnp.maximum(hy, 0.0)))
         complementarity = hmax(jnp.abs(jnp.minimum(-hy, mu)))
         rest = jnp.maximum(feasibility, complementarity)

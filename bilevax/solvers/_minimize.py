@@ -11,17 +11,19 @@ from jaxtyping import PRNGKeyArray, PyTree
 
 from ..implicit import conditions, custom_root
 from ..implicit._implicit import _check_floating
+from ._base import AbstractConstrainedSolver, iterate
 from ._problem import (
     RESULTS,
     ConstrainedProblem,
     ConstrainedSolution,
+    FlatProblem,
     check_constraint_output as _check_constraint_output,
     flat_bounds as _flat_bounds,
 )
 from ._sketched_newton import SketchedNewton
 
 
-def _check(problem: ConstrainedProblem, y0, args) -> dict[str, int]:
+def _check(problem: ConstrainedProblem, y0, args, n: int) -> dict[str, int]:
     value = jax.eval_shape(problem.objective, y0, args)
     if not isinstance(value, jax.ShapeDtypeStruct) or value.shape != ():
         raise ValueError(f"`objective(y, args)` must return a scalar; got {value}.")
@@ -31,7 +33,7 @@ def _check(problem: ConstrainedProblem, y0, args) -> dict[str, int]:
         if fn is not None:
             sizes[name] = _check_constraint_output(fn, name, y0, args)
     if problem.bounds is not None:
-        sizes["lower"] = sizes["upper"] = jfu.ravel_pytree(y0)[0].shape[0]
+        sizes["lower"] = sizes["upper"] = n
     return sizes
 
 
@@ -46,14 +48,12 @@ def _check_eager(problem: ConstrainedProblem, y0) -> None:
         _flat_bounds(problem, y_flat, unravel)
 
 
-def _kkt_condition(problem: ConstrainedProblem, y0):
+def _kkt_condition(problem: ConstrainedProblem, unravel, lower, upper):
     """`conditions.kkt` with the bounds as inequalities `l - y <= 0`, `y - u <= 0`
     (multipliers `"lower"`, `"upper"`; infinite bounds are inactive rows)."""
     if problem.bounds is None:
         return conditions.kkt(problem.objective, problem.eq, problem.ineq)
-    y_flat, unravel = jfu.ravel_pytree(y0)
-    lower, upper = _flat_bounds(problem, y_flat, unravel)
-    n = y_flat.shape[0]
+    n = lower.shape[0]
 
     def ineq(y, args):
         y = jfu.ravel_pytree(y)[0]
@@ -87,7 +87,7 @@ def minimize(
     problem: ConstrainedProblem,
     y0: PyTree,
     args: PyTree = None,
-    solver=SketchedNewton(),  # noqa: B008
+    solver: AbstractConstrainedSolver = SketchedNewton(),  # noqa: B008
     *,
     key: PRNGKeyArray | None = None,
     throw: bool = True,
@@ -136,21 +136,31 @@ def minimize(
     ```
     """
     _check_eager(problem, y0)
+    if not isinstance(solver, AbstractConstrainedSolver):
+        raise TypeError(
+            "`solver` must be a `bilevax.solvers.AbstractConstrainedSolver` (e.g. "
+            "`SketchedNewton()`, `AugmentedLagrangian()`); got "
+            f"{type(solver).__name__}."
+        )
     return _minimize(problem, y0, args, solver, key, throw, adjoint_solver)
 
 
 @eqx.filter_jit
 def _minimize(problem, y0, args, solver, key, throw, adjoint_solver):
-    sizes = _check(problem, y0, args)
+    y_flat, unravel = jfu.ravel_pytree(y0)
+    lower, upper = _flat_bounds(problem, y_flat, unravel)
+    sizes = _check(problem, y0, args, y_flat.shape[0])
     key = jax.random.key(0) if key is None else key
-    dtype = jnp.result_type(*jtu.tree_leaves(y0))
-    multipliers0 = {k: jnp.zeros(v, dtype) for k, v in sizes.items()}
-    condition = _kkt_condition(problem, y0)
+    multipliers0 = {k: jnp.zeros(v, y_flat.dtype) for k, v in sizes.items()}
+    condition = _kkt_condition(problem, unravel, lower, upper)
+    m, p = sizes.get("eq", 0), sizes.get("ineq", 0)
 
     @custom_root(condition, adjoint_solver, has_aux=True, throw=False)
     def solve(z0, args):
-        sol = solver.run(problem, z0[0], args, key)
-        return (sol.y, sol.multipliers), (sol.stats, sol.result)
+        flat = FlatProblem(problem, args, unravel, lower, upper, m, p)
+        start = jfu.ravel_pytree(z0[0])[0]
+        y, multipliers, stats, result = iterate(solver, flat, start, key)
+        return (unravel(y), multipliers), (stats, result)
 
     (y, multipliers), (stats, result) = solve((y0, multipliers0), args)
     if throw:

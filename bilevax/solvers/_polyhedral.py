@@ -39,6 +39,7 @@ from jaxtyping import Array
 from .._display import fields_repr, status_name, summarize
 from ..implicit import custom_root
 from ..implicit.conditions import OptimalityCondition
+from ._base import AbstractConstrainedSolver, iterate
 from ._linesearch import backtrack
 from ._minimize import raise_if_failed
 from ._problem import RESULTS
@@ -204,13 +205,15 @@ def _kkt(eq, ineq):
 def _project(target, eq, ineq, lower, upper, dual0, tol, max_steps, throw):
     @custom_root(_kkt(eq, ineq), lx.SVD(), has_aux=True, throw=False)
     def solve(z0, target, lower, upper):
-        out = _DualNewton(target, eq, ineq, lower, upper, tol, max_steps).run(z0[1])
-        return (out.y, out.dual), out
+        dual = _Dual(target, eq, ineq, lower, upper)
+        key = jax.random.key(0)  # unused: the method is deterministic
+        v, u, stats, result = iterate(_DualNewton(tol, max_steps), dual, z0[1], key)
+        return (v, u), (stats, result)
 
-    (y, dual), out = solve((target, dual0), target, lower, upper)
+    (y, dual), (stats, result) = solve((target, dual0), target, lower, upper)
     if throw:
-        y = raise_if_failed(y, out.result, "project_polyhedron")
-    return PolyhedralProjection(y, dual, out.num_steps, out.residual, out.result)
+        y = raise_if_failed(y, result, "project_polyhedron")
+    return PolyhedralProjection(y, dual, stats["num_steps"], stats["residual"], result)
 
 
 class _Loop(eqx.Module):
@@ -219,12 +222,11 @@ class _Loop(eqx.Module):
     av: Array  # a(v(u))
     value: Array  # D(u)
     residual: Array
-    step: Array
     stuck: Array  # no progress at the last step
 
 
-class _DualNewton(eqx.Module):
-    """Semismooth Newton ascent on the dual `D(u)` (the module docs)."""
+class _Dual(eqx.Module):
+    """The dual function `D(u)` of the projection (the module docs)."""
 
     target: Array
     jac: Array
@@ -232,10 +234,8 @@ class _DualNewton(eqx.Module):
     lower: Array
     upper: Array
     is_eq: Array
-    tol: float
-    max_steps: int
 
-    def __init__(self, target, eq, ineq, lower, upper, tol, max_steps):
+    def __init__(self, target, eq, ineq, lower, upper):
         dtype = target.dtype
         a = _rows(eq, ineq, dtype)
         rows, n = jax.eval_shape(a, target).shape[0], target.shape[0]
@@ -245,17 +245,16 @@ class _DualNewton(eqx.Module):
         self.jac = _check_affine(a, jnp.reshape(jac, (rows, n)), self.a0, target)
         m = 0 if eq is None else jax.eval_shape(eq, target).shape[0]
         self.is_eq = jnp.arange(rows) < m
-        self.tol, self.max_steps = tol, max_steps
 
     def clip_dual(self, u):
         return jnp.where(self.is_eq, u, jnp.maximum(u, 0.0))
 
-    def evaluate(self, u, step, stuck) -> _Loop:
+    def evaluate(self, u, stuck) -> _Loop:
         v = jnp.clip(self.target - self.jac.T @ u, self.lower, self.upper)
         av = self.jac @ v + self.a0
         value = 0.5 * jnp.sum((v - self.target) ** 2) + u @ av
         residual = jnp.max(jnp.abs(self.clip_dual(u + av) - u), initial=0.0)
-        return _Loop(u, v, av, value, residual, step, stuck)
+        return _Loop(u, v, av, value, residual, stuck)
 
     def too_large(self, u):
         """Multipliers far beyond any the data can explain: the dual is unbounded
@@ -282,12 +281,23 @@ class _DualNewton(eqx.Module):
         rhs = work * (s.av + hess @ jnp.where(fixed, s.u, 0.0))
         return jnp.where(fixed, -s.u, jax.scipy.linalg.cho_solve(factor, rhs))
 
-    def step(self, s: _Loop) -> _Loop:
-        d = self.direction(s)
+
+class _DualNewton(AbstractConstrainedSolver):
+    """Semismooth Newton ascent on the dual `D(u)` (the module docs), from the
+    multipliers `u0`."""
+
+    tol: float
+    max_steps: int
+
+    def init(self, dual: _Dual, u0, key) -> _Loop:
+        return dual.evaluate(u0, jnp.array(False))
+
+    def step(self, dual: _Dual, s: _Loop, key) -> _Loop:
+        d = dual.direction(s)
         slack = 10 * jnp.finfo(s.u.dtype).eps * jnp.abs(s.value)
 
         def accept(alpha):
-            trial = self.evaluate(self.clip_dual(s.u + alpha * d), s.step, s.stuck)
+            trial = dual.evaluate(dual.clip_dual(s.u + alpha * d), s.stuck)
             ascent = trial.value >= s.value + 1e-4 * s.av @ (trial.u - s.u) - slack
             # the full step is also taken when it shrinks the residual (the active
             # set changes, and D may dip on the way)
@@ -296,29 +306,22 @@ class _DualNewton(eqx.Module):
         _, ok, trial = backtrack(accept, s.u.dtype, min_step=1e-10)
         # no Newton progress (a degenerate vertex): a projected gradient step
         # with step 1/‖A‖²_F always ascends
-        lipschitz = jnp.maximum(jnp.sum(self.jac**2), jnp.finfo(s.u.dtype).tiny)
-        u = jnp.where(ok, trial.u, self.clip_dual(s.u + s.av / lipschitz))
-        new = self.evaluate(u, s.step + 1, jnp.array(False))
+        lipschitz = jnp.maximum(jnp.sum(dual.jac**2), jnp.finfo(s.u.dtype).tiny)
+        u = jnp.where(ok, trial.u, dual.clip_dual(s.u + s.av / lipschitz))
+        new = dual.evaluate(u, jnp.array(False))
         return eqx.tree_at(lambda t: t.stuck, new, ~ok & (new.value <= s.value))
 
-    def run(self, dual0) -> PolyhedralProjection:
-        def running(s: _Loop):
-            going = (s.step < self.max_steps) & (s.residual > self.tol)
-            going = going & ~s.stuck & ~self.too_large(s.u)
-            return going & jnp.isfinite(s.value)
-
-        init = self.evaluate(dual0, jnp.array(0), jnp.array(False))
-        s = jax.lax.while_loop(running, lambda s: self.step(s), init)
-        result = RESULTS.where(
-            s.residual <= self.tol,
-            RESULTS.successful,
-            RESULTS.where(
-                self.too_large(s.u), RESULTS.infeasible, RESULTS.max_steps_reached
-            ),
-        )
+    def terminate(self, dual: _Dual, s: _Loop):
+        converged = s.residual <= self.tol
+        too_large = dual.too_large(s.u)
+        result = RESULTS.where(converged, RESULTS.successful, RESULTS.max_steps_reached)
+        result = RESULTS.where(too_large & ~converged, RESULTS.infeasible, result)
         finite = jnp.isfinite(s.value) & jnp.all(jnp.isfinite(s.v))
         result = RESULTS.where(finite, result, RESULTS.nonfinite)
-        return PolyhedralProjection(s.v, s.u, s.step, s.residual, result)
+        return converged | s.stuck | too_large | ~finite, result
+
+    def postprocess(self, dual: _Dual, s: _Loop, result: RESULTS):
+        return s.v, s.u, {"residual": s.residual}
 
 
 def _check_affine(a, jac, a0, target):

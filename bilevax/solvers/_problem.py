@@ -169,3 +169,35 @@ def flat_bounds(problem: ConstrainedProblem, y_flat: Array, unravel) -> tuple:
     if concrete and np.any(np.asarray(lower) > np.asarray(upper)):
         raise ValueError("`bounds`: some lower bound exceeds its upper bound.")
     return lower, upper
+
+
+class FlatProblem(eqx.Module):
+    """A `ConstrainedProblem` on the flat `(n,)` vector `y` (ravelled once by
+    `minimize`) with its `args`: `f(y)`, `c(y)` (`(m,)`, empty without `eq`),
+    `h(y)` (`(p,)`, empty without `ineq`), the flat bounds `lower`, `upper`
+    (`∓inf` where none) and `has_bounds`."""
+
+    problem: ConstrainedProblem
+    args: PyTree
+    unravel: Callable
+    lower: Array
+    upper: Array
+    m: int = eqx.field(static=True)
+    p: int = eqx.field(static=True)
+
+    @property
+    def has_bounds(self) -> bool:
+        return self.problem.bounds is not None
+
+    def f(self, y):
+        return self.problem.objective(self.unravel(y), self.args)
+
+    def c(self, y):
+        if self.problem.eq is None:
+            return jnp.zeros(0, y.dtype)
+        return self.problem.eq(self.unravel(y), self.args)
+
+    def h(self, y):
+        if self.problem.ineq is None:
+            return jnp.zeros(0, y.dtype)
+        return self.problem.ineq(self.unravel(y), self.args)

@@ -19,7 +19,8 @@ exactly every `n` steps against rounding drift. The stopping rule is
 The solvers are `lineax.AbstractLinearSolver`s: use them with `lineax.linear_solve`
 or anywhere bilevax takes a linear solver. They are keyed: the key is the solver's
 `key` field, or `options={"key": key}` in `lineax.linear_solve` (a fresh key per
-solve, e.g. in an outer loop).
+solve, e.g. in an outer loop). `options={"y0": x0}` warm-starts the iteration
+from `x0` (default zero), e.g. to resume a solve to a tighter `rtol`.
 """
 
 import abc
@@ -91,7 +92,8 @@ class AbstractSketchSolver(lx.AbstractLinearSolver):
         A, gram = state.matrix, state.gram
         n = b.shape[0]
         tol = jnp.maximum(self.rtol * jnp.linalg.norm(b), self.atol)
-        x0 = jnp.zeros(A.shape[1], A.dtype)
+        x0 = options.get("y0")
+        x0 = jnp.zeros(A.shape[1], A.dtype) if x0 is None else jfu.ravel_pytree(x0)[0]
 
         def cond(carry):
             _, r, step = carry
@@ -114,7 +116,7 @@ class AbstractSketchSolver(lx.AbstractLinearSolver):
             x, _, step = jax.lax.while_loop(cond, body, carry)
             return x, b - A @ x, step
 
-        x, r, steps = solve((x0, b, jnp.array(0)))
+        x, r, steps = solve((x0, b - A @ x0, jnp.array(0)))
         # Converged on the updated residual but not on the exact one: go on.
         x, r, steps = jax.lax.cond(
             (jnp.linalg.norm(r) > tol) & (steps < self.max_steps),

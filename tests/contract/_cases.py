@@ -1,6 +1,7 @@
 """Small random well-posed problems, one or more per public differentiable entry
 point (fixed seeds; sizes of a few entries so that finite differences are cheap)."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import lineax as lx
@@ -124,12 +125,20 @@ def _implicit_iterate(y0, theta):
     return iterate(step, y0, theta, 200, adjoint=ImplicitAdjoint())
 
 
-def _minimize_fn(solver):
+def _minimize_fn(solver, tol64=None):
+    """`a -> y(a)`; `tol64` (the solver's `tol` in float64) makes the solution
+    accurate enough for finite differences of the solution map."""
     problem = bx.solvers.ConstrainedProblem(
         objective=lambda y, a: 0.5 * jnp.sum((y - a) ** 2) + 0.1 * jnp.sum(y**4),
         eq=lambda y, a: jnp.array([jnp.sum(y) - 1.0]),
     )
-    return lambda a: bx.solvers.minimize(problem, jnp.zeros(3, a.dtype), a, solver).y
+    accurate = solver if tol64 is None else eqx.tree_at(lambda s: s.tol, solver, tol64)
+
+    def fn(a):
+        chosen = accurate if a.dtype == jnp.float64 else solver
+        return bx.solvers.minimize(problem, jnp.zeros(3, a.dtype), a, chosen).y
+
+    return fn
 
 
 def _projection(c):
@@ -200,7 +209,7 @@ CASES = {
     ),
     "minimize-sketched-newton": Case(
         "solvers.minimize",
-        _minimize_fn(bx.solvers.SketchedNewton()),
+        _minimize_fn(bx.solvers.SketchedNewton(), tol64=1e-10),
         lambda d: _vec2(d)[:1],
         rtol=1e-5,
     ),

@@ -50,6 +50,7 @@ _NOT_DIFFERENTIABLE = {
     "implicit.default_tolerance",
     "implicit.AbstractIterateAdjoint",
     "bilevel.AbstractInnerSolver",
+    "solvers.AbstractConstrainedSolver",
     "bilevel.kernels.AbstractKernel",
     "bilevel.AbstractBilevelAlgorithm",
     # outer-loop algorithms: they use hypergradients, their outputs are iterates

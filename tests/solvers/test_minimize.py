@@ -96,3 +96,9 @@ def test_redundant_constraints_are_solved_and_differentiated():
     reference = _central_differences(y, a)
     np.testing.assert_allclose(jax.jacrev(y)(a), reference, atol=1e-6)
     np.testing.assert_allclose(jax.jacfwd(y)(a), reference, atol=1e-6)
+
+
+def test_solver_must_be_a_constrained_solver():
+    problem = S.ConstrainedProblem(lambda y, a: y @ y, eq=EQ)
+    with pytest.raises(TypeError, match="AbstractConstrainedSolver"):
+        S.minimize(problem, jnp.zeros(2), None, solver="SketchedNewton")

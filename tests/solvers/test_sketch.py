@@ -126,3 +126,23 @@ def test_bad_input():
     singular = lx.MatrixLinearOperator(jnp.zeros((3, 3)))
     sol = lx.linear_solve(singular, jnp.ones(3), RandomizedKaczmarz(), throw=False)
     assert sol.result != lx.RESULTS.successful
+
+
+def test_warm_start_resumes_from_y0():
+    """`options={"y0": x0}` starts from `x0`: from the solution no step is taken,
+    and resuming a loose solve reaches a tight tolerance in fewer steps than a
+    tight solve from zero."""
+    A = kkt(6, 2, seed=3)
+    b = jnp.arange(8.0) - 3.0
+    operator = lx.MatrixLinearOperator(A)
+    exact = jnp.linalg.solve(A, b)
+    solve = lambda rtol, options: lx.linear_solve(
+        operator, b, RandomizedKaczmarz(rtol=rtol), options=options, throw=False
+    )
+    at_solution = solve(1e-8, {"y0": exact})
+    assert int(at_solution.stats["num_steps"]) == 0
+    loose = solve(1e-2, {"key": jax.random.key(1)})
+    resumed = solve(1e-10, {"key": jax.random.key(2), "y0": loose.value})
+    cold = solve(1e-10, {"key": jax.random.key(2)})
+    assert jnp.allclose(resumed.value, exact, atol=1e-8)
+    assert int(resumed.stats["num_steps"]) < int(cold.stats["num_steps"])

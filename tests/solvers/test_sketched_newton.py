@@ -148,6 +148,42 @@ def test_redundant_constraints_are_solved_inconsistent_ones_singular(direct):
         jax.block_until_ready(S.minimize(inconsistent, jnp.zeros(2), a, solver).y)
 
 
+_ROBUST = {  # name: (constraints, status); start y = 0, objective ‖y - (0.5, 0.3)‖²
+    # G = 0 at the start, full rank at the solution
+    "circle": (lambda y: jnp.array([y[0] ** 2 + y[1] ** 2 - 1]), "successful"),
+    # redundant and consistent (nonlinear, scaled copies)
+    "redundant": (
+        lambda y: jnp.array([y[0] ** 2 + y[1] - 1, -2 * (y[0] ** 2 + y[1] - 1)]),
+        "successful",
+    ),
+    # inconsistent: no feasible point
+    "two_values": (lambda y: jnp.array([y[0] - 1, y[0] - 2]), "singular"),
+    "square_plus_one": (lambda y: jnp.array([y[0] ** 2 + 1]), "singular"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_ROBUST))
+def test_rank_deficient_jacobians_solved_inconsistent_ones_fail_fast(name):
+    """A rank-deficient `G` (at the start, or everywhere for redundant rows) does
+    not stop the method; inconsistent constraints end with a failure status
+    within a few iterations, not at `max_steps`."""
+    eq, status = _ROBUST[name]
+    problem = S.ConstrainedProblem(
+        lambda y, a: jnp.sum((y - a) ** 2), eq=lambda y, a: eq(y)
+    )
+    solver = S.SketchedNewton(linear_solver=lx.LU(), tol=1e-8)
+    sol = S.minimize(problem, jnp.zeros(2), jnp.array([0.5, 0.3]), solver, throw=False)
+    assert sol.result == getattr(S.RESULTS, status)
+    assert int(sol.stats["num_steps"]) <= 50
+    if status == "successful":
+        np.testing.assert_allclose(eq(sol.y), 0.0, atol=1e-8)
+        # stationary: ∇f = -Gᵀλ for some λ (least squares), the KKT residual small
+        G = jax.jacfwd(eq)(sol.y)
+        g = 2 * (sol.y - jnp.array([0.5, 0.3]))
+        lam = jnp.linalg.lstsq(G.T, -g)[0]
+        np.testing.assert_allclose(g + G.T @ lam, 0.0, atol=1e-7)
+
+
 def test_nan_is_reported():
     problem = S.ConstrainedProblem(
         lambda y, a: jnp.sum(jnp.sqrt(y)), eq=lambda y, a: jnp.array([y[0] + y[1] + 1])
