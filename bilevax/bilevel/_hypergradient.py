@@ -15,6 +15,7 @@ import lineax as lx
 from jaxtyping import Array, PyTree
 
 from .._display import fields_repr, status_name, summarize
+from .._jit import EagerJit
 from ..implicit import ImplicitAdjoint, conditions, iterate, root_vjp
 from ..implicit._iterate import AbstractIterateAdjoint
 from ..implicit._linear_solve import CG, default_tolerance, raise_if_failed
@@ -244,16 +245,13 @@ def hypergradient(
 
     ```
     """
-    return _compiled_hypergradient(
-        problem, x, y0, inner_solver, adjoint, data, tol, inner_rtol, throw, adjoint_y0
+    return _jit_hypergradient(
+        x, y0, data, adjoint_y0, problem, inner_solver, adjoint, tol, inner_rtol, throw
     )
 
 
-# Compiled once per static configuration and shapes: a repeated eager call with
-# the same problem functions reuses the compiled program (inside `jit` it is inlined).
-@eqx.filter_jit
 def _compiled_hypergradient(
-    problem, x, y0, inner_solver, adjoint, data, tol, inner_rtol, throw, adjoint_y0
+    x, y0, data, adjoint_y0, problem, inner_solver, adjoint, tol, inner_rtol, throw
 ):
     out = _hypergradient(
         problem, x, y0, inner_solver, adjoint, data, tol, inner_rtol, adjoint_y0
@@ -297,6 +295,11 @@ def _compiled_hypergradient(
         "`hypergradient`",
         "stats.linear_result",
     )
+
+
+# Compiled once per static configuration and shapes: a repeated eager call with
+# the same problem functions reuses the compiled program (inside `jit` it is inlined).
+_jit_hypergradient = EagerJit(_compiled_hypergradient, num_arrays=4, num_args=10)
 
 
 def _inner_status(residual, start, tol, inner_rtol):
