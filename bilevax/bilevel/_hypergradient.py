@@ -116,8 +116,10 @@ class HypergradientStats(eqx.Module):
       the implicit adjoint stopped short of the tolerance `inner_rtol` (see
       `hypergradient`): the implicit function theorem only holds at a solution,
       so that hypergradient may be wrong, even in sign. An unrolled or truncated
-      adjoint differentiates the iterations it ran, converged or not, and reports
-      `successful` or `nonfinite` only.
+      adjoint has no tolerance: it differentiates exactly the iterations it ran,
+      converged or not, and reports `successful` (the iterations ran and are
+      finite; it does not say that the inner problem is solved: `inner_residual`
+      tells how far from a solution they stopped) or `nonfinite`.
     - `adjoint`: the adjoint vector `v` of `∇²_yy g v = ∇_y f` (implicit only;
       `None` otherwise), the warm start `adjoint_y0` of the next hypergradient.
       Not shown in the repr.
