@@ -86,7 +86,8 @@ def test_every_algorithm_is_tested():
         and issubclass(getattr(bx.bilevel, name), bx.bilevel.AbstractBilevelAlgorithm)
         and not name.startswith("Abstract")
     }
-    assert algorithms == set(ALL) | {"DatasetDistillation"}
+    # DatasetDistillation: `distillation_runs` below
+    assert algorithms - set(ALL) == {"DatasetDistillation"}
 
 
 @pytest.mark.parametrize(
