@@ -34,8 +34,11 @@ class EagerJit:
         try:
             # blocking raises a failed `eqx.error_if` here, not at a later use
             return jax.block_until_ready(self.jit(*args))
-        except jax.errors.JaxRuntimeError:
-            # a failed check (`throw=True`): `eqx.filter_jit` raises it legibly
+        except (jax.errors.JaxRuntimeError, ValueError) as error:
+            # a failed `eqx.error_if` check (`throw=True`) comes as either, its
+            # message buried in a traceback: `eqx.filter_jit` raises it legibly
+            if "_EquinoxRuntimeError" not in str(error):
+                raise
             return self.filter_jit(*args)
         finally:
             callback_log.removeFilter(_failed_check_filter)

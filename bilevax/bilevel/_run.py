@@ -32,6 +32,7 @@ and its status instead (e.g. for a batch of runs under `jax.vmap`).
 """
 
 import abc
+import functools as ft
 from collections.abc import Callable
 from typing import Any
 
@@ -500,6 +501,7 @@ def _run_from_python(args, num_records, record_every, progress, callback):
     bar = _progress_bar(name, num_records * record_every) if progress else None
     try:
         carry, run_key = _start_jit(*args)
+        carry = _as_loop_types(algorithm, problem, data, carry, run_key)
         # a chunk of no steps compiles the chunk (once: its length is a value) before
         # the bar starts, so that rate and ETA count compiled steps only
         jax.block_until_ready(
@@ -534,6 +536,22 @@ def _run_from_python(args, num_records, record_every, progress, callback):
         history,
         is_leaf=lambda h: h is None,
     )
+
+
+def _as_loop_types(algorithm, problem, data, carry, run_key):
+    """The carry with the types that chunks give back: a weakly typed start (e.g.
+    `x0 = jnp.log(0.1)`) comes back strongly typed from the loop, one dependent
+    leaf more per chunk (`x`, then Adam's moments), and each new set of types
+    would compile another program. Traced (not compiled) only when a leaf is weak."""
+    types = lambda c: [(a.dtype, a.weak_type) for a in jtu.tree_leaves(c)]
+    chunk = ft.partial(_chunk, algorithm, problem, data)
+    convert = lambda a, s: a if s.weak_type else jnp.asarray(a, s.dtype)
+    while any(weak for _, weak in types(carry)):
+        out, _ = eqx.filter_eval_shape(chunk, carry, run_key, jnp.asarray(0))
+        if types(out) == types(carry):
+            break
+        carry = jtu.tree_map(convert, carry, out)
+    return carry
 
 
 def _progress_bar(name, total):
