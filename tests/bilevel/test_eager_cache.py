@@ -139,3 +139,21 @@ def test_repeated_eager_minimize_compiles_nothing():
     with count_compiles() as compiles:
         bx.solvers.minimize(problem, jnp.zeros(3), jnp.arange(3.0))
     assert not compiles
+
+
+def test_repeated_eager_projection_traces_its_constraints_once():
+    traces = [0]
+
+    def eq(v):  # the probability simplex
+        traces[0] += 1
+        return jnp.array([jnp.sum(v) - 1.0])
+
+    box = (jnp.zeros(3), jnp.ones(3))
+    project = lambda t: bx.solvers.project_polyhedron(t, eq=eq, bounds=box)
+    first = project(jnp.array([0.9, 0.8, -0.2]))
+    traced = traces[0]
+    with count_compiles() as compiles:
+        again = project(jnp.array([0.5, 0.3, 0.4]))
+    assert traces[0] == traced and not compiles
+    assert jnp.allclose(first.y, jnp.array([0.55, 0.45, 0.0]))
+    assert jnp.allclose(again.y, jnp.array([0.5, 0.3, 0.4]) - 0.2 / 3)
