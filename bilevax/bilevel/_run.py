@@ -543,14 +543,18 @@ def _as_loop_types(algorithm, problem, data, carry, run_key):
     `x0 = jnp.log(0.1)`) comes back strongly typed from the loop, one dependent
     leaf more per chunk (`x`, then Adam's moments), and each new set of types
     would compile another program. Traced (not compiled) only when a leaf is weak."""
-    types = lambda c: [(a.dtype, a.weak_type) for a in jtu.tree_leaves(c)]
+    weak = lambda a: getattr(a, "weak_type", False)
     chunk = ft.partial(_chunk, algorithm, problem, data)
-    convert = lambda a, s: a if s.weak_type else jnp.asarray(a, s.dtype)
-    while any(weak for _, weak in types(carry)):
+    # a weak leaf that the loop makes strong: converted as the loop converts it
+    convert = lambda a, s: jnp.asarray(a, s.dtype) if weak(a) and not weak(s) else a
+    while any(map(weak, jtu.tree_leaves(carry))):
         out, _ = eqx.filter_eval_shape(chunk, carry, run_key, jnp.asarray(0))
-        if types(out) == types(carry):
-            break
-        carry = jtu.tree_map(convert, carry, out)
+        new = jtu.tree_map(convert, carry, out)
+        if list(map(weak, jtu.tree_leaves(new))) == list(
+            map(weak, jtu.tree_leaves(carry))
+        ):
+            break  # the weak leaves left stay weak in the loop
+        carry = new
     return carry
 
 
