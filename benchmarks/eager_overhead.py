@@ -19,6 +19,16 @@ Problems (float32 unless `--float64`):
 - hypergradient: the same problem's hypergradient (implicit, CG).
 - minimize: a 10-variable least squares with 3 equality constraints.
 
+Where the eager overhead goes: `eqx.filter_jit` partitions every argument and
+output in Python at each call (about 0.1-0.3 ms here), as long as the whole
+compiled `hypergradient` of this problem. `hypergradient` and `project_polyhedron`
+therefore call `jax.jit` with their configuration (problem functions, solvers,
+tolerances) static when it is hashable and the other arguments are concrete arrays
+(`bilevax._jit.EagerJit`), and do their checks at trace time. The runs, whose
+compiled programs take milliseconds, keep `eqx.filter_jit`.
+
+On a shared machine the medians move with the load: use `--repeats 9` or more.
+
 Run: python benchmarks/eager_overhead.py [--repeats 7] [--float64]
 """
 

@@ -405,8 +405,7 @@ class DatasetDistillation(AbstractBilevelAlgorithm):
                 f"but `support` has {X_s.shape[1:]} and {Y_s.shape[1]}."
             )
         support = (X_s, Y_s.astype(X_s.dtype))
-        y0 = jax.eval_shape(self.model._init_inner, support, jax.random.key(0))[0]
-        y0 = jtu.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), y0)
+        y0 = _zeros_like_inner(self.model, support)
         return super().run(
             self.problem(),
             support,
@@ -420,3 +419,11 @@ class DatasetDistillation(AbstractBilevelAlgorithm):
             state=state,
             throw=throw,
         )
+
+
+# compiled once per model and shapes: a repeated eager `run` does not trace the
+# model's fit again to find the shapes of its inner variables
+@eqx.filter_jit
+def _zeros_like_inner(model, support):
+    y0 = jax.eval_shape(model._init_inner, support, jax.random.key(0))[0]
+    return jtu.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), y0)

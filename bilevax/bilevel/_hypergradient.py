@@ -15,6 +15,7 @@ import lineax as lx
 from jaxtyping import Array, PyTree
 
 from .._display import fields_repr, status_name, summarize
+from .._jit import EagerJit
 from ..implicit import ImplicitAdjoint, conditions, custom_root, iterate, root_vjp
 from ..implicit._iterate import AbstractIterateAdjoint
 from ..implicit._linear_solve import CG, default_tolerance, raise_if_failed
@@ -115,8 +116,10 @@ class HypergradientStats(eqx.Module):
       the implicit adjoint stopped short of the tolerance `inner_rtol` (see
       `hypergradient`): the implicit function theorem only holds at a solution,
       so that hypergradient may be wrong, even in sign. An unrolled or truncated
-      adjoint differentiates the iterations it ran, converged or not, and reports
-      `successful` or `nonfinite` only.
+      adjoint has no tolerance: it differentiates exactly the iterations it ran,
+      converged or not, and reports `successful` (the iterations ran and are
+      finite; it does not say that the inner problem is solved: `inner_residual`
+      tells how far from a solution they stopped) or `nonfinite`.
     - `adjoint`: the adjoint vector `v` of `∇²_yy g v = ∇_y f` (implicit only;
       `None` otherwise), the warm start `adjoint_y0` of the next hypergradient.
       Not shown in the repr.
@@ -244,16 +247,13 @@ def hypergradient(
 
     ```
     """
-    return _compiled_hypergradient(
-        problem, x, y0, inner_solver, adjoint, data, tol, inner_rtol, throw, adjoint_y0
+    return _jit_hypergradient(
+        x, y0, data, adjoint_y0, problem, inner_solver, adjoint, tol, inner_rtol, throw
     )
 
 
-# Compiled once per static configuration and shapes: a repeated eager call with
-# the same problem functions reuses the compiled program (inside `jit` it is inlined).
-@eqx.filter_jit
 def _compiled_hypergradient(
-    problem, x, y0, inner_solver, adjoint, data, tol, inner_rtol, throw, adjoint_y0
+    x, y0, data, adjoint_y0, problem, inner_solver, adjoint, tol, inner_rtol, throw
 ):
     out = _hypergradient(
         problem, x, y0, inner_solver, adjoint, data, tol, inner_rtol, adjoint_y0
@@ -297,6 +297,11 @@ def _compiled_hypergradient(
         "`hypergradient`",
         "stats.linear_result",
     )
+
+
+# Compiled once per static configuration and shapes: a repeated eager call with
+# the same problem functions reuses the compiled program (inside `jit` it is inlined).
+_jit_hypergradient = EagerJit(_compiled_hypergradient, num_arrays=4, num_args=10)
 
 
 def _implicit_in_x(condition, linear_solver, y, x):

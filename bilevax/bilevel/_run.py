@@ -32,6 +32,7 @@ and its status instead (e.g. for a batch of runs under `jax.vmap`).
 """
 
 import abc
+import functools as ft
 from collections.abc import Callable
 from typing import Any
 
@@ -169,9 +170,13 @@ class BilevelResult(eqx.Module):
     status `result`, the `num_steps` this run took and the `total_steps` since
     `init` (pass the result as `run(..., state=result)` to continue it), and
     `inner_unconverged_steps`: the steps since `init` whose inner solve stopped
-    before its tolerance (shown in the repr when not 0; many such steps with a
-    cold-started or fixed-tolerance inner solve mean inexact hypergradients: give
-    the inner solver more steps or a larger step size).
+    before its tolerance. Such steps do not fail the run (`result` stays
+    `successful`), but their hypergradients are inexact: when there are any, the
+    repr (and `print`) shows the count and ends with a warning line saying so (give
+    the inner solver more steps or a larger step size). Only algorithms that solve
+    the inner problem to a tolerance count them (`HypergradientDescent`, `HOAG`);
+    an unrolled or truncated inner solve is differentiated as it ran and is not
+    counted.
 
     Example:
 
@@ -217,7 +222,20 @@ class BilevelResult(eqx.Module):
                 label = getattr(self.state, k + "_name", k)
                 fields[label] = summarize(getattr(h, k)[-1])
         fields["x"], fields["y"] = summarize(self.x), summarize(self.y)
-        return fields_repr("BilevelResult", fields)
+        return fields_repr("BilevelResult", fields) + self._unconverged_warning()
+
+    def _unconverged_warning(self) -> str:
+        """A plain warning line when steps had an unconverged inner solve (one run,
+        concrete values); empty otherwise."""
+        missed, total = self.inner_unconverged_steps, self.total_steps
+        if missed.ndim or isinstance(missed, jax.core.Tracer) or not missed:
+            return ""
+        return (
+            f"\nWarning: at {int(missed)} of the {int(total)} steps since `init` the "
+            "inner solve stopped before its tolerance, so those hypergradients are "
+            "inexact (`result` is still `successful`: the run did not fail). Give "
+            "the inner solver more steps or a larger step size."
+        )
 
 
 def _full_batch_record(algorithm, problem, state, data: BilevelData, info, k):
@@ -387,6 +405,8 @@ def _start(algorithm, problem, x0, y0, data, key, state, start):
     start = jnp.zeros((), int) if start is None else jnp.asarray(start)
     if state is None:
         state = algorithm.init(problem, x0, y0, data, init_key)
+    else:
+        _check_state(algorithm, state, problem, x0, y0, data, init_key)
     first = _full_batch_record(
         algorithm, problem, state, data, StepInfo(jnp.zeros(())), start
     )
@@ -398,6 +418,41 @@ def _start(algorithm, problem, x0, y0, data, key, state, start):
         start,
         jnp.zeros_like(start),
     ), run_key
+
+
+def _check_state(algorithm, state, problem, x0, y0, data, key):
+    """A clear error (at trace time) for a `state` that `algorithm` did not make:
+    another algorithm's, or one of other shapes of pytree than `x0`, `y0`."""
+    expected = jax.eval_shape(lambda: algorithm.init(problem, x0, y0, data, key))
+    name = type(algorithm).__name__
+    if type(state) is not type(expected):
+        makers = _algorithms_of(type(state), type(algorithm))
+        raise TypeError(
+            f"`state`: {name}.run continues only a result or state of {name} (a "
+            f"`{type(expected).__name__}`), got a `{type(state).__name__}`"
+            + (f", the state of {' or '.join(makers)}" if makers else "")
+            + f". Continue that run with the algorithm that made it, or start {name} "
+            "afresh (no `state`)."
+        )
+    if jtu.tree_structure(state) != jtu.tree_structure(expected):
+        raise TypeError(
+            f"`state`: its pytree structure is not the one {name}.init gives for "
+            "these `x0`, `y0` and `data` and this configuration (another "
+            "configuration of the algorithm, another algorithm with the same kind "
+            "of state, or iterates of other pytree structure)."
+        )
+
+
+def _algorithms_of(state_type, exclude) -> list[str]:
+    """Names of the concrete algorithms defined with `state_type` (same module)."""
+    found, stack = [], list(AbstractBilevelAlgorithm.__subclasses__())
+    while stack:
+        cls = stack.pop()
+        stack.extend(cls.__subclasses__())
+        same_module = cls.__module__ == state_type.__module__
+        if same_module and cls is not exclude and not cls.__name__.startswith("_"):
+            found.append(cls.__name__)
+    return sorted(set(found))
 
 
 def _record_code(record: History, code):
@@ -447,6 +502,7 @@ def _run_from_python(args, num_records, record_every, progress, callback):
     bar = _progress_bar(name, num_records * record_every) if progress else None
     try:
         carry, run_key = _start_jit(*args)
+        carry = _as_loop_types(algorithm, problem, data, carry, run_key)
         # a chunk of no steps compiles the chunk (once: its length is a value) before
         # the bar starts, so that rate and ETA count compiled steps only
         jax.block_until_ready(
@@ -481,6 +537,26 @@ def _run_from_python(args, num_records, record_every, progress, callback):
         history,
         is_leaf=lambda h: h is None,
     )
+
+
+def _as_loop_types(algorithm, problem, data, carry, run_key):
+    """The carry with the types that chunks give back: a weakly typed start (e.g.
+    `x0 = jnp.log(0.1)`) comes back strongly typed from the loop, one dependent
+    leaf more per chunk (`x`, then Adam's moments), and each new set of types
+    would compile another program. Traced (not compiled) only when a leaf is weak."""
+    weak = lambda a: getattr(a, "weak_type", False)
+    chunk = ft.partial(_chunk, algorithm, problem, data)
+    # a weak leaf that the loop makes strong: converted as the loop converts it
+    convert = lambda a, s: jnp.asarray(a, s.dtype) if weak(a) and not weak(s) else a
+    while any(map(weak, jtu.tree_leaves(carry))):
+        out, _ = eqx.filter_eval_shape(chunk, carry, run_key, jnp.asarray(0))
+        new = jtu.tree_map(convert, carry, out)
+        if list(map(weak, jtu.tree_leaves(new))) == list(
+            map(weak, jtu.tree_leaves(carry))
+        ):
+            break  # the weak leaves left stay weak in the loop
+        carry = new
+    return carry
 
 
 def _progress_bar(name, total):

@@ -31,6 +31,8 @@ import lineax as lx
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array
 
+from .._display import fields_repr, status_name, summarize
+
 
 class SupportAdjoint(eqx.Module):
     r"""How to solve the support-restricted adjoint system `J_SSᵀ q_S = v_S` of a
@@ -97,6 +99,15 @@ class SupportStats(eqx.Module):
     residual: Array
     result: lx.RESULTS
     dense: Array
+
+    def __repr__(self):
+        fields = {
+            k: summarize(getattr(self, k))
+            for k in ("support_size", "num_steps", "residual")
+        }
+        fields["result"] = status_name(self.result)
+        fields["dense"] = summarize(self.dense)
+        return fields_repr("SupportStats", fields)
 
 
 def _support_mask(prox_jvp, size, dtype):

@@ -37,6 +37,7 @@ import numpy as np
 from jaxtyping import Array
 
 from .._display import fields_repr, status_name, summarize
+from .._jit import EagerJit
 from ..implicit import custom_root
 from ..implicit.conditions import OptimalityCondition
 from ._base import AbstractConstrainedSolver, iterate
@@ -173,16 +174,7 @@ def project_polyhedron(
 
     ```
     """
-    target = _check_target(target)
-    dtype, n = target.dtype, target.shape[0]
-    lower, upper = _check_bounds(bounds, n, dtype)
-    rows = jax.eval_shape(_rows(eq, ineq, dtype), target).shape[0]
-    dual0 = jnp.zeros((rows,), dtype) if dual0 is None else jnp.asarray(dual0, dtype)
-    if dual0.shape != (rows,):
-        raise ValueError(f"`dual0` must have shape ({rows},), got {dual0.shape}.")
-    if tol is None:
-        tol = 1e-9 if dtype == jnp.float64 else 1e-4
-    return _project(target, eq, ineq, lower, upper, dual0, tol, max_steps, throw)
+    return _project(target, bounds, dual0, eq, ineq, tol, max_steps, throw)
 
 
 def _kkt(eq, ineq):
@@ -201,8 +193,19 @@ def _kkt(eq, ineq):
     return OptimalityCondition(fn)
 
 
-@eqx.filter_jit
-def _project(target, eq, ineq, lower, upper, dual0, tol, max_steps, throw):
+# The checks run at trace time: an eager call with the same `eq`/`ineq` objects
+# and shapes reruns nothing but the compiled program (no `eval_shape` of `eq`).
+def _compiled_project(target, bounds, dual0, eq, ineq, tol, max_steps, throw):
+    target = _check_target(target)
+    dtype, n = target.dtype, target.shape[0]
+    lower, upper = _check_bounds(bounds, n, dtype)
+    rows = jax.eval_shape(_rows(eq, ineq, dtype), target).shape[0]
+    dual0 = jnp.zeros((rows,), dtype) if dual0 is None else jnp.asarray(dual0, dtype)
+    if dual0.shape != (rows,):
+        raise ValueError(f"`dual0` must have shape ({rows},), got {dual0.shape}.")
+    if tol is None:
+        tol = 1e-9 if dtype == jnp.float64 else 1e-4
+
     @custom_root(_kkt(eq, ineq), lx.SVD(), has_aux=True, throw=False)
     def solve(z0, target, lower, upper):
         dual = _Dual(target, eq, ineq, lower, upper)
@@ -214,6 +217,9 @@ def _project(target, eq, ineq, lower, upper, dual0, tol, max_steps, throw):
     if throw:
         y = raise_if_failed(y, result, "project_polyhedron")
     return PolyhedralProjection(y, dual, stats["num_steps"], stats["residual"], result)
+
+
+_project = EagerJit(_compiled_project, num_arrays=3, num_args=8)
 
 
 class _Loop(eqx.Module):

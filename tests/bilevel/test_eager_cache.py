@@ -16,12 +16,12 @@ _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
 @contextlib.contextmanager
 def count_compiles():
-    """Yields a list whose length is the number of XLA compilations so far."""
+    """Yields a list of the names of the functions XLA compiled so far."""
     compiles = []
 
     def listener(event, duration, **kwargs):
         if event == _COMPILE_EVENT:
-            compiles.append(duration)
+            compiles.append(kwargs.get("fun_name"))
 
     jax.monitoring.register_event_duration_secs_listener(listener)
     try:
@@ -76,12 +76,34 @@ def test_progress_compiles_its_chunk_once(capsys):
     assert "HypergradientDescent (compiling…)" in bar and "10/10" in bar
     with count_compiles() as compiles:
         other = solver.run(
-            problem, X0, Y0, num_steps=30, record_every=3, callback=lambda *a: None
+            problem,
+            X0,
+            Y0,
+            num_steps=30,
+            record_every=3,
+            progress=True,
+            callback=lambda *a: None,
         )
     assert traces[0] == traced and not compiles
     assert other.history.step.tolist() == list(range(3, 31, 3))
     plain = solver.run(problem, X0, Y0, num_steps=10, record_every=5)
     assert jnp.array_equal(plain.x, first.x)
+
+
+def test_progress_from_a_weakly_typed_start_compiles_its_chunk_once():
+    """`x0 = jnp.log(1.0)` is weakly typed; the loop's carry becomes strongly typed
+    one leaf per chunk (x, then Adam's moments): one program nonetheless."""
+    problem, _ = counted_problem()
+    solver = bx.bilevel.HypergradientDescent(optax.adam(0.1))
+    x0 = jnp.log(1.0)
+    assert x0.weak_type
+    with count_compiles() as compiles:
+        result = solver.run(
+            problem, x0, Y0, num_steps=20, record_every=5, callback=lambda *a: None
+        )
+    assert compiles.count("jit(_chunk)") == 1
+    plain = solver.run(problem, x0, Y0, num_steps=20, record_every=5)
+    assert jnp.array_equal(result.x, plain.x)
 
 
 def test_repeated_eager_hypergradient_reuses_its_compiled_program():
@@ -117,3 +139,21 @@ def test_repeated_eager_minimize_compiles_nothing():
     with count_compiles() as compiles:
         bx.solvers.minimize(problem, jnp.zeros(3), jnp.arange(3.0))
     assert not compiles
+
+
+def test_repeated_eager_projection_traces_its_constraints_once():
+    traces = [0]
+
+    def eq(v):  # the probability simplex
+        traces[0] += 1
+        return jnp.array([jnp.sum(v) - 1.0])
+
+    box = (jnp.zeros(3), jnp.ones(3))
+    project = lambda t: bx.solvers.project_polyhedron(t, eq=eq, bounds=box)
+    first = project(jnp.array([0.9, 0.8, -0.2]))
+    traced = traces[0]
+    with count_compiles() as compiles:
+        again = project(jnp.array([0.5, 0.3, 0.4]))
+    assert traces[0] == traced and not compiles
+    assert jnp.allclose(first.y, jnp.array([0.55, 0.45, 0.0]))
+    assert jnp.allclose(again.y, jnp.array([0.5, 0.3, 0.4]) - 0.2 / 3)

@@ -222,9 +222,30 @@ def test_runs_count_unconverged_inner_steps():
     # all but the first step, whose start y0 = x0 = 0 is the inner solution
     assert int(short.inner_unconverged_steps) == 19
     assert "inner_unconverged_steps=19" in repr(short)
-    assert int(run(bx.bilevel.GradientDescent()).inner_unconverged_steps) == 0
+    warning = "\nWarning: at 19 of the 20 steps since `init` the inner solve stopped"
+    assert warning in repr(short) and warning in str(short)
+    converged = run(bx.bilevel.GradientDescent())
+    assert int(converged.inner_unconverged_steps) == 0
+    assert "Warning" not in repr(converged)
     hoag = bx.bilevel.HOAG().run(_SIGN, jnp.zeros(1), jnp.zeros(1), num_steps=20)
     assert int(hoag.inner_unconverged_steps) == 0
+
+
+def test_unrolled_inner_result_is_successful_for_a_finite_unconverged_unroll():
+    """Unrolled: no tolerance; `successful` means the iterations ran and are finite,
+    the hypergradient is the exact derivative of them, `inner_residual` says how
+    far from the inner solution y* = x they stopped; nothing raises."""
+    x, y0 = jnp.full(1, 1.5), jnp.zeros(1)
+    short = bx.bilevel.GradientDescent(num_steps=2, stepsize=0.1)
+    _, grad, y, stats = bx.bilevel.hypergradient(
+        _SIGN, x, y0, short, bx.implicit.UnrolledAdjoint()
+    )
+    assert stats.inner_result == bx.solvers.RESULTS.successful
+    # y_k = x (1 - 0.9^k): y_2 = 0.19 x, residual |y_2 - x| = 0.81 x
+    assert jnp.allclose(y, 0.19 * x)
+    assert jnp.allclose(stats.inner_residual, 0.81 * 1.5)
+    # F = ½(0.19x - 2)² + ½x², dF/dx = 0.19 (0.19x - 2) + x
+    assert jnp.allclose(grad, 0.19 * (0.19 * x - 2) + x)
 
 
 def test_failed_adjoint_solve_names_solver_residual_and_remedy():

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,6 +31,16 @@ STOCHASTIC = {
     "PenaltyMethod": bx.bilevel.PenaltyMethod(batch_size=16),
     "LVHBA": bx.bilevel.LVHBA(batch_size=16),
 }
+# the other algorithms of `bilevax.bilevel` (each compiles three runs: slow)
+OTHERS = {
+    "SABA": bx.bilevel.SABA(batch_size=16),
+    "BOREP": bx.bilevel.BOREP(batch_size=16, period=3),
+    "SOBA": bx.bilevel.SOBA(batch_size=16),
+    "MASOBA": bx.bilevel.MASOBA(batch_size=16),
+    "BOME": bx.bilevel.BOME(batch_size=16),
+    "MAID": bx.bilevel.MAID(),
+}
+ALL = STOCHASTIC | OTHERS
 KEY = 7
 # 3 records each: the three runs share one compiled program (the steps per record
 # are a value in it, not a shape)
@@ -37,7 +48,7 @@ WHOLE, FIRST, REST = dict(num_steps=30, record_every=10), (9, 3), (21, 7)
 
 
 def run(name, num_steps, record_every, state=None):
-    return STOCHASTIC[name].run(
+    return ALL[name].run(
         Q.problem,
         Q.x0,
         Q.y0,
@@ -67,7 +78,22 @@ def _check_resumed(rest, whole, first):
     assert rest.history.outer_loss[-1] == whole.history.outer_loss[-1]
 
 
-@pytest.mark.parametrize("name", list(STOCHASTIC))
+def test_every_algorithm_is_tested():
+    algorithms = {
+        name
+        for name in bx.bilevel.__all__
+        if isinstance(getattr(bx.bilevel, name), type)
+        and issubclass(getattr(bx.bilevel, name), bx.bilevel.AbstractBilevelAlgorithm)
+        and not name.startswith("Abstract")
+    }
+    # DatasetDistillation: `distillation_runs` below
+    assert algorithms - set(ALL) == {"DatasetDistillation"}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=pytest.mark.slow) if n in OTHERS else n for n in ALL],
+)
 def test_stopped_saved_loaded_and_resumed_is_bit_identical(name, tmp_path):
     whole = run(name, **WHOLE)
     first = run(name, *FIRST)
@@ -116,16 +142,28 @@ def test_resumed_in_a_fresh_process_is_bit_identical(tmp_path):
 
 @pytest.mark.slow
 def test_every_algorithm_resumes_in_a_fresh_process(tmp_path):
-    runs = {name: (run(name, **WHOLE), run(name, *FIRST)) for name in STOCHASTIC}
+    runs = {name: (run(name, **WHOLE), run(name, *FIRST)) for name in ALL}
     for name, (_, first) in runs.items():
         bx.save(tmp_path / f"{name}.npz", first)
     whole, first = distillation_runs()
     bx.save(tmp_path / "DatasetDistillation.npz", first)
-    _resume_in_fresh_process(tmp_path, [*STOCHASTIC, "DatasetDistillation"])
+    _resume_in_fresh_process(tmp_path, [*ALL, "DatasetDistillation"])
     for name, (whole_run, first_run) in runs.items():
         _check_resumed(bx.load(tmp_path / f"{name}-rest.npz"), whole_run, first_run)
     rest = bx.load(tmp_path / "DatasetDistillation-rest.npz")
     _same((rest.x, rest.state), (whole.x, whole.state))
+
+
+def test_another_algorithms_state_is_a_clear_error():
+    f2sa = run("F2SA", *FIRST)
+    for state in (f2sa, f2sa.state):
+        with pytest.raises(TypeError, match=r"`state`: HOAG\.run .* F2SA or Penalty"):
+            run("HOAG", *REST, state=state)
+    hoag = ALL["HOAG"]
+    state = hoag.init(Q.problem, Q.x0, Q.y0, bx.bilevel.BilevelData(*Q.data), None)
+    nested = eqx.tree_at(lambda s: s.x, state, (state.x,))
+    with pytest.raises(TypeError, match="`state`: its pytree structure"):
+        run("HOAG", *REST, state=nested)
 
 
 def test_same_key_same_run_and_another_key_another_run():
