@@ -203,3 +203,59 @@ def test_sparse_logistic_bad_input_is_a_named_error():
         bx.sklearn.SparseLogisticHO(max_iter=0)
     with pytest.raises(ValueError, match="`coarse_tol` must be > 0"):
         bx.sklearn.SparseLogisticHO(coarse_tol=0.0)
+
+
+@pytest.mark.slow
+def test_breast_cancer_sparse_logistic_reaches_the_grid():
+    """Acceptance 2 on breast_cancer (standardised): the held-out log-loss at `C_`
+    is within 1% of the best of `LogisticRegressionCV`'s 100-point grid
+    (`logspace(-4, 4, 100)`) of the same objective, solved tightly; the refit is
+    scikit-learn's solution at `C_`."""
+    import jax.numpy as jnp
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+
+    from bilevax import sklearn as sk
+
+    X, y = load_breast_cancer(return_X_y=True)
+    X = (X - X.mean(0)) / X.std(0)
+    folds = list(StratifiedKFold(5).split(X, y))
+    model = bx.sklearn.SparseLogisticHO(cv=folds).fit(X, y)
+    t = np.where(y == 1, 1.0, -1.0)
+    s, _ = bx.sklearn.SparseLogisticHO(tol=1e-10)._setting(X, t, folds, jnp.float64)
+    Cs = jnp.log(jnp.logspace(-4, 4, 100))
+    k, errors, _, violation = sk._grid(sk._LogisticL1(), Cs, jnp.zeros((5, 31)), s)
+    assert int(k) == 100 and float(violation) <= 1e-8
+    assert model.validation_error_ <= 1.01 * float(jnp.min(errors))
+    reference = LogisticRegression(
+        C=float(model.C_[0]),
+        l1_ratio=1.0,
+        solver="liblinear",
+        tol=1e-12,
+        max_iter=1_000_000,
+        intercept_scaling=1e6,
+    ).fit(X, y)
+    np.testing.assert_allclose(model.coef_, reference.coef_, atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dataset", ["diabetes", "synthetic"])
+def test_elastic_net_ho_reaches_the_grid_on_the_example_datasets(dataset):
+    """Acceptance 2 for `ElasticNetHO` on the example's regression datasets
+    (`LassoHO`'s are the diabetes and high-dimensional tests above)."""
+    from sklearn.datasets import load_diabetes
+
+    if dataset == "diabetes":
+        X, y = load_diabetes(return_X_y=True)
+    else:
+        rng = np.random.default_rng(0)
+        X = rng.standard_normal((38, 7129))
+        w = np.zeros(7129)
+        w[rng.choice(7129, 5, replace=False)] = rng.choice([-2.0, 2.0], 5)
+        y = X @ w + 0.5 * rng.standard_normal(38)
+    reference = ElasticNetCV(l1_ratio=0.5, cv=5, tol=1e-8, max_iter=100_000)
+    reference.fit(X, y)
+    model = bx.sklearn.ElasticNetHO(l1_ratio=0.5, cv=5).fit(X, y)
+    assert len(model.local_minima_) >= 1
+    assert model.validation_error_ <= 1.01 * _grid_best(reference)
