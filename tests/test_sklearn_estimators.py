@@ -236,7 +236,9 @@ def test_breast_cancer_sparse_logistic_reaches_the_grid():
         max_iter=1_000_000,
         intercept_scaling=1e6,
     ).fit(X, y)
-    np.testing.assert_allclose(model.coef_, reference.coef_, atol=1e-4)
+    # the refit is solved to the default `tol` (1e-6, relative); tight solves are
+    # compared in test_sparse_logistic_solve_is_scikit_learns_objective
+    np.testing.assert_allclose(model.coef_, reference.coef_, atol=1e-3)
 
 
 @pytest.mark.slow
