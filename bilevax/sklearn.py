@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import _prox_newton
 from ._working_set import solve_fold, support_cotangents
 
 
@@ -60,15 +61,49 @@ def _validation_loss(w, batch):
     return jnp.mean(errors)
 
 
-class _Penalty(eqx.Module):
-    """`(λ₁, λ₂) = (ρ α, (1 - ρ) α)` per coordinate, `α = exp(x)`; `ρ` is an
-    array, so that the Lasso and the elastic net share compiled programs."""
+class _Inner(eqx.Module):
+    """A family of inner problems, one per fold, indexed by a log-hyperparameter
+    `x`; `W` stacks the folds' solutions, `s` is the `_Setting`."""
+
+    @abc.abstractmethod
+    def solve(self, x, W, s):
+        """`(W, violation)`: the folds' solutions from the warm start `W`."""
+
+    @abc.abstractmethod
+    def validation_loss(self, W, s):
+        """The outer loss: mean over folds of the held-out loss."""
+
+    @abc.abstractmethod
+    def hypergradient(self, x, W, s):
+        """`(V(x), ∇V(x), W, violation)`."""
+
+    @abc.abstractmethod
+    def saturated(self, W, s):
+        """Whether a fold's support has reached its rank (training rows - 1)."""
+
+
+class _Penalty(_Inner):
+    """Lasso / elastic net: `(λ₁, λ₂) = (ρ α, (1 - ρ) α)` per coordinate,
+    `α = exp(x)`; `ρ` is an array, so that the Lasso and the elastic net share
+    compiled programs."""
 
     l1_ratio: jax.Array
 
     def __call__(self, x, p):
         alpha = jnp.broadcast_to(jnp.exp(x), (p,))
         return self.l1_ratio * alpha, (1.0 - self.l1_ratio) * alpha
+
+    def solve(self, x, W, s):
+        return _solve(self, x, W, s)
+
+    def validation_loss(self, W, s):
+        return _validation_loss(W, s.batch)
+
+    def hypergradient(self, x, W, s):
+        return _hypergradient(self, x, W, s)
+
+    def saturated(self, W, s):
+        return jnp.any(jnp.sum(W != 0, axis=1) >= jnp.sum(s.batch[2], axis=0) - 1)
 
 
 class _Setting(NamedTuple):
@@ -104,21 +139,20 @@ def _hypergradient(penalty, x, W, s):
 
 
 @eqx.filter_jit
-def _grid(penalty, log_alphas, W, s):
+def _grid(problem, log_alphas, W, s):
     """Errors and solutions along a grid of `log α` (large to small, warm-started),
     up to the first point where a fold's support reaches its rank `n_k - 1`: from
     there on that fold interpolates its training rows. Returns the number of
     points solved, the errors, the solutions and the largest violation."""
-    counts = jnp.sum(s.batch[2], axis=0)
 
     def cond(c):
         return (c[0] < log_alphas.shape[0]) & ~c[-1]
 
     def body(c):
         i, W, errors, Ws, violation, _ = c
-        W, v = _solve(penalty, log_alphas[i], W, s)
-        error = _validation_loss(W, s.batch)
-        full = jnp.any(jnp.sum(W != 0, axis=1) >= counts - 1)
+        W, v = problem.solve(log_alphas[i], W, s)
+        error = problem.validation_loss(W, s)
+        full = problem.saturated(W, s)
         errors, Ws = errors.at[i].set(error), Ws.at[i].set(W)
         return i + 1, W, errors, Ws, jnp.maximum(violation, v), full
 
@@ -130,6 +164,50 @@ def _grid(penalty, log_alphas, W, s):
 
 
 _solve_jit = eqx.filter_jit(_solve)
+
+
+class _LogisticL1(_Inner):
+    """L1-penalised logistic regression, `x = log C`; `s.batch` is
+    `([X, 1], t ∈ {±1}, train, val)`, the intercept last (`bilevax/_prox_newton.py`)."""
+
+    def _lam1(self, x, s):
+        """`λ = 1 / (C n_k)` per fold and coordinate, `0` for the intercept:
+        `(K, p + 1)`."""
+        Xa, _, train, _ = s.batch
+        lam = jnp.exp(-x) / jnp.sum(train, axis=0)
+        return lam[:, None] * jnp.ones(Xa.shape[1], Xa.dtype).at[-1].set(0.0)
+
+    def solve(self, x, W, s):
+        Xa, t, train, _ = s.batch
+        fold = lambda m, w, lam: _prox_newton.solve_fold(
+            Xa, t, m, w, lam, s.tol, s.size
+        )
+        W, violation = jax.vmap(fold)(train.T, W, self._lam1(x, s))
+        return W, jnp.max(violation)
+
+    def validation_loss(self, W, s):
+        """Mean over folds of the held-out mean log-loss."""
+        Xa, t, _, val = s.batch
+        losses = val * jnp.logaddexp(0.0, -t[:, None] * (Xa @ W.T))
+        return jnp.mean(jnp.sum(losses, axis=0) / jnp.sum(val, axis=0))
+
+    def hypergradient(self, x, W, s):
+        Xa, t, train, _ = s.batch
+        W, violation = self.solve(x, W, s)
+        value, grad_w = jax.value_and_grad(self.validation_loss)(W, s)
+        lam, vjp = jax.vjp(lambda x_: self._lam1(x_, s), x)
+        fold = lambda m, w, lam_k, g: _prox_newton.support_cotangent(
+            Xa, t, m, w, lam_k, g, s.size
+        )
+        (grad,) = vjp(jax.vmap(fold)(train.T, W, lam, grad_w))
+        return value, grad, W, violation
+
+    def saturated(self, W, s):
+        counts = jnp.sum(s.batch[2], axis=0)
+        return jnp.any(jnp.sum(W[:, :-1] != 0, axis=1) >= counts - 1)
+
+
+_solve_logistic = eqx.filter_jit(lambda x, W, s: _LogisticL1().solve(x, W, s))
 
 
 class _Descent(NamedTuple):
@@ -144,10 +222,10 @@ class _Descent(NamedTuple):
     violation: jax.Array
 
 
-def _descent_step(penalty, s):
+def _descent_step(problem, s):
     def step(d):
         x = d.x - d.grad / d.L
-        value, grad, W, violation = _hypergradient(penalty, x, d.W, s)
+        value, grad, W, violation = problem.hypergradient(x, d.W, s)
         ok = value <= d.value
         secant = jnp.linalg.norm(grad - d.grad) / jnp.linalg.norm(x - d.x)
         L = jnp.where(ok, jnp.maximum(secant, d.L / 10), 4 * d.L)
@@ -168,18 +246,18 @@ def _descent_step(penalty, s):
 
 
 @eqx.filter_jit
-def _descend(penalty, x0, W0, s, step0, max_iter):
+def _descend(problem, x0, W0, s, step0, max_iter):
     """Hypergradient descent on `log α` from `x0`, first trying a step of length
     `step0` (module docstring); the trial points and their errors are recorded in
     `xs`, `values`."""
-    value, grad, W, violation = _hypergradient(penalty, x0, W0, s)
+    value, grad, W, violation = problem.hypergradient(x0, W0, s)
     tiny = jnp.finfo(value.dtype).tiny
     L = jnp.maximum(jnp.linalg.norm(grad) / step0, tiny)
     xs = jnp.zeros((max_iter + 1, *x0.shape), x0.dtype).at[0].set(x0)
     values = jnp.full(max_iter + 1, jnp.nan, value.dtype).at[0].set(value)
     start = _Descent(x0, W, value, grad, L, jnp.array(1), xs, values, violation)
     cond = lambda d: (d.k <= max_iter) & (jnp.linalg.norm(d.grad) / d.L > 1e-4)
-    return jax.lax.while_loop(cond, _descent_step(penalty, s), start)
+    return jax.lax.while_loop(cond, _descent_step(problem, s), start)
 
 
 def _folds(cv, n):
@@ -222,8 +300,9 @@ def _check_converged(violation, tol, what):
         )
 
 
-class _HyperparameterLinearModel(eqx.Module):
-    """Shared `fit`; subclasses give `l1_ratio`."""
+class _Tuned(eqx.Module):
+    """Shared argument checks and search (coarse grid, then hypergradient descent
+    from its best local minima, then a tight polish; module docstring)."""
 
     def __check_init__(self):
         for name, low in (("n_coarse", 2), ("n_starts", 1), ("max_iter", 1)):
@@ -236,20 +315,55 @@ class _HyperparameterLinearModel(eqx.Module):
         if not self.start_gap >= 0:
             raise ValueError(f"`start_gap` must be >= 0; got {self.start_gap!r}.")
 
+    def _search(self, problem, s, grid, W0, coarse_tol, shape):
+        """Returns the polished run, the paths of the runs and the coarse grid."""
+        dtype = W0.dtype
+        coarse = s._replace(tol=jnp.maximum(s.tol, coarse_tol))
+        k, errors, Ws, violation = _grid(problem, jnp.asarray(grid, dtype), W0, coarse)
+        _check_converged(violation, coarse.tol, "coarse grid's solves")
+        grid, errors = grid[: int(k)], np.asarray(errors)[: int(k)]
+        minima = _local_minima(errors)
+        minima = minima[errors[minima] <= (1 + self.start_gap) * errors.min()]
+        starts = minima[np.argsort(errors[minima])][: self.n_starts]
+        step0 = jnp.asarray(0.5 * abs(grid[0] - grid[1]), dtype)  # half a grid cell
+        runs = [
+            _descend(
+                problem,
+                jnp.full(shape, grid[i], dtype),
+                Ws[i],
+                coarse,
+                step0,
+                self.max_iter,
+            )
+            for i in starts
+        ]
+        rough = min(runs, key=lambda d: float(d.value))
+        # polish the best run with tight solves, from the step it would take next
+        step = jnp.maximum(jnp.linalg.norm(rough.grad) / rough.L, 1e-3)
+        best = _descend(problem, rough.x, rough.W, s, step, self.max_iter)
+        _check_converged(best.violation, s.tol, "hypergradient descent's solves")
+        path = [(d.xs[: int(d.k)], d.values[: int(d.k)]) for d in (rough, best)]
+        return best, path, (grid, errors)
+
+
+def _check_data(X, t):
+    X, t = np.asarray(X), np.asarray(t)
+    if X.ndim != 2 or t.shape != (X.shape[0],):
+        raise ValueError(
+            f"`fit(X, y)` needs X of shape (n, p) and y of shape (n,); got "
+            f"{X.shape} and {t.shape}."
+        )
+    if not (np.all(np.isfinite(X)) and np.all(np.isfinite(t))):
+        raise ValueError("`fit(X, y)`: X or y holds NaN or infinity.")
+    return X, t
+
+
+class _HyperparameterLinearModel(_Tuned):
+    """Shared `fit` of the least-squares models; subclasses give `l1_ratio`."""
+
     @abc.abstractmethod
     def _l1_ratio(self) -> float:
         """`ρ`: 1 for the Lasso."""
-
-    def _check(self, X, t):
-        X, t = np.asarray(X), np.asarray(t)
-        if X.ndim != 2 or t.shape != (X.shape[0],):
-            raise ValueError(
-                f"`fit(X, y)` needs X of shape (n, p) and y of shape (n,); got "
-                f"{X.shape} and {t.shape}."
-            )
-        if not (np.all(np.isfinite(X)) and np.all(np.isfinite(t))):
-            raise ValueError("`fit(X, y)`: X or y holds NaN or infinity.")
-        return X, t
 
     def _setting(self, X, t, folds, dtype):
         n, p = X.shape
@@ -264,40 +378,18 @@ class _HyperparameterLinearModel(eqx.Module):
     def fit(self, X, y):
         """Tune `α` on the folds, then refit on all of `(X, y)`; returns a
         `FittedLinearModel`. Raises `RuntimeError` if an inner solve fails."""
-        X, t = self._check(X, y)
+        X, t = _check_data(X, y)
         dtype = jnp.asarray(0.0).dtype
         s, scale = self._setting(X, t, _folds(self.cv, X.shape[0]), dtype)
         penalty = _Penalty(jnp.asarray(self._l1_ratio(), dtype))
         alpha_max = scale / self._l1_ratio()
         grid = np.log(np.geomspace(alpha_max, 1e-3 * alpha_max, self.n_coarse))
         W0 = jnp.zeros((s.batch[2].shape[1], X.shape[1]), dtype)
-        coarse = s._replace(tol=jnp.maximum(s.tol, self.coarse_tol * scale))
-        k, errors, Ws, violation = _grid(penalty, jnp.asarray(grid, dtype), W0, coarse)
-        _check_converged(violation, coarse.tol, "coarse grid's solves")
-        grid, errors = grid[: int(k)], np.asarray(errors)[: int(k)]
-        minima = _local_minima(errors)
-        minima = minima[errors[minima] <= (1 + self.start_gap) * errors.min()]
-        starts = minima[np.argsort(errors[minima])][: self.n_starts]
         shape = (X.shape[1],) if self.weighted else ()
-        step0 = jnp.asarray(0.5 * (grid[0] - grid[1]), dtype)  # half a grid cell
-        runs = [
-            _descend(
-                penalty,
-                jnp.full(shape, grid[i], dtype),
-                Ws[i],
-                coarse,
-                step0,
-                self.max_iter,
-            )
-            for i in starts
-        ]
-        rough = min(runs, key=lambda d: float(d.value))
-        # polish the best run with tight solves, from the step it would take next
-        step = jnp.maximum(jnp.linalg.norm(rough.grad) / rough.L, 1e-3)
-        best = _descend(penalty, rough.x, rough.W, s, step, self.max_iter)
-        _check_converged(best.violation, s.tol, "hypergradient descent's solves")
-        path = [(d.xs[: int(d.k)], d.values[: int(d.k)]) for d in (rough, best)]
-        return self._refit(X, t, penalty, best, path, (grid, errors))
+        best, path, coarse = self._search(
+            penalty, s, grid, W0, self.coarse_tol * scale, shape
+        )
+        return self._refit(X, t, penalty, best, path, coarse)
 
     def _refit(self, X, t, penalty, best, path, coarse):
         n, p = X.shape
@@ -452,4 +544,170 @@ class ElasticNetHO(_HyperparameterLinearModel):
         return self.l1_ratio
 
 
-__all__ = ["ElasticNetHO", "FittedLinearModel", "LassoHO"]
+class FittedLogisticModel(eqx.Module):
+    """What `SparseLogisticHO.fit` returns (shapes as `LogisticRegressionCV`'s for
+    two classes).
+
+    - `C_` (`(1,)`): the tuned `C` (scikit-learn's meaning); `coef_` (`(1, p)`),
+      `intercept_` (`(1,)`): the model refitted on all data; `classes_`: the two
+      labels, `classes_[1]` the positive one.
+    - `validation_error_`: the held-out log-loss at `C_` (mean over folds of each
+      fold's mean log-loss), from a tight solve.
+    - `coarse_Cs_`, `coarse_errors_`, `local_minima_`, `C_path_`, `error_path_`: as
+      `FittedLinearModel`'s `coarse_alphas_` etc., in `C`.
+
+    Example:
+
+    ```python
+    >>> import numpy as np
+    >>> import bilevax as bx
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.standard_normal((80, 6))
+    >>> y = (X[:, 0] - X[:, 1] + 0.5 * rng.standard_normal(80) > 0).astype(int)
+    >>> model = bx.sklearn.SparseLogisticHO(cv=3).fit(X, y)
+    >>> model.predict_proba(X[:2]).shape, model.predict(X[:2]).shape
+    ((2, 2), (2,))
+
+    ```
+    """
+
+    C_: np.ndarray
+    coef_: np.ndarray
+    intercept_: np.ndarray
+    classes_: np.ndarray
+    validation_error_: float
+    coarse_Cs_: np.ndarray
+    coarse_errors_: np.ndarray
+    local_minima_: np.ndarray
+    C_path_: np.ndarray
+    error_path_: np.ndarray
+
+    def decision_function(self, X):
+        """`X @ coef_[0] + intercept_[0]`, `(n,)`."""
+        return np.asarray(X) @ self.coef_[0] + self.intercept_[0]
+
+    def predict_proba(self, X):
+        """`(n, 2)`: the probabilities of `classes_[0]` and `classes_[1]`."""
+        p1 = 1.0 / (1.0 + np.exp(-self.decision_function(X)))
+        return np.stack([1.0 - p1, p1], axis=1)
+
+    def predict(self, X):
+        """The more probable label of each row."""
+        return self.classes_[(self.decision_function(X) > 0).astype(int)]
+
+
+class SparseLogisticHO(_Tuned):
+    r"""L1-penalised logistic regression whose `C` is tuned by hypergradients of
+    the held-out log-loss (`LogisticRegression(l1_ratio=1, solver="saga")`'s
+    objective, `‖w‖₁ + C Σ_i log(1 + exp(-t_i (x_iᵀw + b)))`, `t_i = ±1`, the
+    intercept `b` unpenalised; so `C_` means what `LogisticRegressionCV`'s `C_`
+    means with `scoring="neg_log_loss"`).
+
+    Each fold is solved by proximal Newton on a working set, warm-started along
+    `C`, and differentiated on its support (`bilevax/_prox_newton.py`); the
+    search is `LassoHO`'s (module docstring) on `log C`, from a coarse grid
+    from `C_min` (the largest `C` with `w = 0`) up to `10⁴ C_min`.
+
+    **Arguments:**
+
+    - `cv`: number of folds (unshuffled, unstratified `KFold`; for
+      `LogisticRegressionCV(cv=k)`'s folds pass
+      `list(StratifiedKFold(k).split(X, y))`) or a list of
+      `(train_indices, test_indices)` pairs.
+    - `n_coarse`, `n_starts`, `start_gap`, `max_iter`, `coarse_tol`: as `LassoHO`;
+      `tol`: the inner solves' optimality violation, relative to `1 / (n C_min)`.
+
+    `fit(X, y)` raises `ValueError` for mismatched shapes, non-finite `X` or a `y`
+    without exactly two labels, and `RuntimeError` if an inner solve fails.
+
+    Example:
+
+    ```python
+    >>> import numpy as np
+    >>> import bilevax as bx
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.standard_normal((80, 6))
+    >>> y = (X[:, 0] - X[:, 1] + 0.5 * rng.standard_normal(80) > 0).astype(int)
+    >>> model = bx.sklearn.SparseLogisticHO(cv=3).fit(X, y)
+    >>> bool(model.validation_error_ <= model.coarse_errors_.min())
+    True
+
+    ```
+    """
+
+    cv: int | list = 5
+    n_coarse: int = 10
+    n_starts: int = 2
+    max_iter: int = 30
+    tol: float = 1e-6
+    coarse_tol: float = 1e-3
+    start_gap: float = 0.1
+
+    def _check(self, X, y):
+        X, y = np.asarray(X), np.asarray(y)
+        if X.ndim != 2 or y.shape != (X.shape[0],):
+            raise ValueError(
+                f"`fit(X, y)` needs X of shape (n, p) and y of shape (n,); got "
+                f"{X.shape} and {y.shape}."
+            )
+        if not np.all(np.isfinite(X)):
+            raise ValueError("`fit(X, y)`: X holds NaN or infinity.")
+        classes = np.unique(y)
+        if classes.shape != (2,):
+            raise ValueError(
+                f"`fit(X, y)`: y must hold exactly two labels; got {classes.size}."
+            )
+        return X, np.where(y == classes[1], 1.0, -1.0), classes
+
+    def _setting(self, X, t, folds, dtype):
+        n, p = X.shape
+        train, val = _masks(folds, n, dtype)
+        Xa = np.hstack([X, np.ones((n, 1))])
+        batch = (jnp.asarray(Xa, dtype), jnp.asarray(t, dtype), train, val)
+        b0 = np.log(np.mean(t > 0) / np.mean(t < 0))  # intercept-only fit
+        grad = -X.T @ (t / (1.0 + np.exp(t * b0))) / n
+        scale = float(np.max(np.abs(grad)))  # λ_max = 1 / (n C_min)
+        tol = max(self.tol, 100 * float(np.finfo(dtype).eps)) * scale
+        size = min(p + 1, max(64, 2 * n))
+        return _Setting(batch, jnp.asarray(tol, dtype), size), scale
+
+    def fit(self, X, y):
+        """Tune `C` on the folds, then refit on all of `(X, y)`; returns a
+        `FittedLogisticModel`."""
+        X, t, classes = self._check(X, y)
+        n, p = X.shape
+        dtype = jnp.asarray(0.0).dtype
+        s, scale = self._setting(X, t, _folds(self.cv, n), dtype)
+        c_min = 1.0 / (n * scale)
+        grid = np.log(np.geomspace(c_min, 1e4 * c_min, self.n_coarse))
+        W0 = jnp.zeros((s.batch[2].shape[1], p + 1), dtype)
+        problem = _LogisticL1()
+        best, path, (grid, errors) = self._search(
+            problem, s, grid, W0, self.coarse_tol * scale, ()
+        )
+        s_all, _ = self._setting(X, t, [(np.arange(n), np.arange(n))], dtype)
+        W, violation = _solve_logistic(best.x, jnp.zeros((1, p + 1), dtype), s_all)
+        _check_converged(violation, s_all.tol, "refit")
+        w = np.asarray(W[0])
+        Cs = np.exp(grid)
+        return FittedLogisticModel(
+            C_=np.exp(np.asarray(best.x)).reshape(1),
+            coef_=w[None, :-1],
+            intercept_=w[-1:],
+            classes_=classes,
+            validation_error_=float(best.value),
+            coarse_Cs_=Cs,
+            coarse_errors_=errors,
+            local_minima_=Cs[_local_minima(errors)],
+            C_path_=np.exp(np.concatenate([np.asarray(x) for x, _ in path])),
+            error_path_=np.concatenate([np.asarray(v) for _, v in path]),
+        )
+
+
+__all__ = [
+    "ElasticNetHO",
+    "FittedLinearModel",
+    "FittedLogisticModel",
+    "LassoHO",
+    "SparseLogisticHO",
+]
