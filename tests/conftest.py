@@ -79,6 +79,16 @@ _SLOW = (
     # family stay in the default run)
     "test_docs.py::test_the_code_of_each_page_runs[reliability.md]",
     "test_docs.py::test_the_code_of_each_page_runs[tutorials/first-order.md]",
+    # further instances of derivative kinds the default run keeps one case of
+    "implicit/test_iterate.py::test_unrolled_converges_to_implicit_as_T_grows",
+    "implicit/test_iterate.py::test_adjoints_vmap_over_hyperparameters_and_pytree_states[unrolled]",
+    "implicit/test_iterate.py::test_adjoints_vmap_over_hyperparameters_and_pytree_states[truncated]",
+    "implicit/test_properties.py::test_implicit_jacobian_matches_dense_solve",
+    "solvers/test_polyhedral.py::test_jacobian_matches_finite_differences[0]",
+    "solvers/test_polyhedral.py::test_second_order_on_a_random_polyhedron",
+    "solvers/test_sketch_properties.py::test_solution_matches_dense_solve",
+    "solvers/test_sketch.py::test_n_500_kkt_with_blocks",
+    "bilevel/test_hypergradient.py::test_outputs_have_their_exact_derivatives[lbfgs]",
 )
 
 

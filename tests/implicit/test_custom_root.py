@@ -313,8 +313,7 @@ def test_second_order_when_the_loss_skips_a_block_of_the_solution():
         theta = jnp.array([1.5, -0.5])
         loss = lambda t: jnp.sum(jnp.sin(solve(None, t)[0]))  # Σ sin θ²
         expected = jnp.diag(2 * jnp.cos(theta**2) - 4 * theta**2 * jnp.sin(theta**2))
-        for hess in (jax.hessian, lambda f: jax.jacrev(jax.grad(f))):
-            assert jnp.allclose(hess(loss)(theta), expected, atol=1e-10)
+        assert jnp.allclose(jax.hessian(loss)(theta), expected, atol=1e-10)
         # the loss reads z only (the cotangent of y is the zero one): d²/dθ² Σ (2θ²)²
         # = 48 θ²
         loss_z = lambda t: jnp.sum(solve(None, t)[1] ** 2)

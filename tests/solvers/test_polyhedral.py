@@ -197,8 +197,10 @@ def test_second_order_through_the_projection():
     expected = J.T @ jnp.diag(6 * halfplane(c)) @ J
     np.testing.assert_allclose(jax.hessian(loss)(c), expected, atol=1e-10)
     np.testing.assert_allclose(jax.jacfwd(jax.grad(loss))(c), expected, atol=1e-10)
-    # a random polyhedron (equalities, inequalities, box): against differences of
-    # the gradient
+
+
+def test_second_order_on_a_random_polyhedron():
+    """Equalities, inequalities and a box: against differences of the gradient."""
     eq, ineq, bounds, _ = _polyhedron(2, n=5, m=1, p=4)
     target = 2 * jax.random.normal(jax.random.key(7), (5,))
     loss = lambda t: jnp.sum(jnp.sin(S.project_polyhedron(t, eq, ineq, bounds).y))
