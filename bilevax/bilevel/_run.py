@@ -360,7 +360,7 @@ class AbstractBilevelAlgorithm(eqx.Module):
             )
         num_records = -(-num_steps // record_every)
         data = as_data(data)
-        key = jax.random.key(0) if key is None else key
+        key = _default_key() if key is None else key
         earlier, start, unconverged = None, None, 0
         if isinstance(state, BilevelResult):
             earlier, start = state.history, state.total_steps
@@ -370,8 +370,8 @@ class AbstractBilevelAlgorithm(eqx.Module):
             result = _run_from_python(
                 args, num_records, record_every, progress, callback
             )
-        else:
-            result = _run_compiled(args, num_records, jnp.asarray(record_every))
+        else:  # the `throw` check inside the compiled program
+            result = _run_compiled(args, num_records, jnp.asarray(record_every), throw)
         if earlier is not None:
             history = jtu.tree_map(
                 lambda a, b: jnp.concatenate([a, b]), earlier, result.history
@@ -382,14 +382,9 @@ class AbstractBilevelAlgorithm(eqx.Module):
                 result,
                 result.inner_unconverged_steps + unconverged,
             )
-        if not throw:
+        if not throw or not (progress or callback is not None):
             return result
-        # the check rides on a scalar field, so that its (eager) program is the same
-        # for every number of records and the same error is raised under `jit`
-        steps = result.result.error_if(
-            result.num_steps, result.result != RESULTS.successful
-        )
-        return eqx.tree_at(lambda r: r.num_steps, result, steps)
+        return _checked(result)
 
 
 _RUNNING, _DIVERGED, _INNER_FAILED = 0, 1, 2
@@ -479,7 +474,7 @@ def _finish(algorithm, carry, history):
 # are values in the loop (only the number of records sizes the history), so calling
 # `run` again, eagerly, with the same problem functions reuses the compiled program.
 @eqx.filter_jit
-def _run_compiled(args, num_records, record_every):
+def _run_compiled(args, num_records, record_every, throw):
     algorithm, problem, _, _, data, _, _, _ = args
     carry, run_key = _start(*args)
     carry, history = jax.lax.scan(
@@ -487,7 +482,27 @@ def _run_compiled(args, num_records, record_every):
         carry,
         length=num_records,
     )
-    return _finish(algorithm, carry, history)
+    result = _finish(algorithm, carry, history)
+    return _checked(result) if throw else result
+
+
+def _checked(result: BilevelResult) -> BilevelResult:
+    """`result`, raising (also under `jit`) when its status is a failure. The check
+    rides on a scalar field, so that the chunked runs' eager program is the same
+    for every number of records."""
+    steps = result.result.error_if(
+        result.num_steps, result.result != RESULTS.successful
+    )
+    return eqx.tree_at(lambda r: r.num_steps, result, steps)
+
+
+@ft.cache
+def _default_key():
+    """`jax.random.key(0)`, made once (an eager key costs as much as a small run's
+    dispatch) and not at import (JAX's backend starts at the first array);
+    concrete even when first asked for under `jit`."""
+    with jax.ensure_compile_time_eval():
+        return jax.random.key(0)
 
 
 def _run_from_python(args, num_records, record_every, progress, callback):

@@ -9,6 +9,7 @@ import jax.tree_util as jtu
 import lineax as lx
 from jaxtyping import PRNGKeyArray, PyTree
 
+from .._jit import EagerJit
 from ..implicit import conditions, custom_root
 from ..implicit._implicit import _check_floating
 from ._base import AbstractConstrainedSolver, iterate
@@ -135,18 +136,17 @@ def minimize(
 
     ```
     """
-    _check_eager(problem, y0)
     if not isinstance(solver, AbstractConstrainedSolver):
         raise TypeError(
             "`solver` must be a `bilevax.solvers.AbstractConstrainedSolver` (e.g. "
             "`SketchedNewton()`, `AugmentedLagrangian()`); got "
             f"{type(solver).__name__}."
         )
-    return _minimize(problem, y0, args, solver, key, throw, adjoint_solver)
+    return _jit_minimize(y0, args, key, problem, solver, throw, adjoint_solver)
 
 
-@eqx.filter_jit
-def _minimize(problem, y0, args, solver, key, throw, adjoint_solver):
+def _minimize(y0, args, key, problem, solver, throw, adjoint_solver):
+    _check_eager(problem, y0)  # at trace time: a repeated call reruns nothing
     y_flat, unravel = jfu.ravel_pytree(y0)
     lower, upper = _flat_bounds(problem, y_flat, unravel)
     sizes = _check(problem, y0, args, y_flat.shape[0])
@@ -166,6 +166,11 @@ def _minimize(problem, y0, args, solver, key, throw, adjoint_solver):
     if throw:
         y = raise_if_failed(y, result)
     return ConstrainedSolution(y, multipliers, stats, result)
+
+
+# Compiled once per problem, solver and shapes: a repeated eager call reruns only the
+# compiled program (inside `jit` it is inlined).
+_jit_minimize = EagerJit(_minimize, num_arrays=3, num_args=7)
 
 
 _REMEDIES = {
