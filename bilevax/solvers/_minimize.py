@@ -142,11 +142,11 @@ def minimize(
             "`SketchedNewton()`, `AugmentedLagrangian()`); got "
             f"{type(solver).__name__}."
         )
+    _check_eager(problem, y0)  # eager: concrete bounds are compared here
     return _jit_minimize(y0, args, key, problem, solver, throw, adjoint_solver)
 
 
 def _minimize(y0, args, key, problem, solver, throw, adjoint_solver):
-    _check_eager(problem, y0)  # at trace time: a repeated call reruns nothing
     y_flat, unravel = jfu.ravel_pytree(y0)
     lower, upper = _flat_bounds(problem, y_flat, unravel)
     sizes = _check(problem, y0, args, y_flat.shape[0])
