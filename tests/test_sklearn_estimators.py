@@ -3,7 +3,7 @@ of `LassoCV`/`ElasticNetCV`'s 100-point grid (within 1%) on the same folds."""
 
 import numpy as np
 import pytest
-from sklearn.linear_model import ElasticNetCV, LassoCV
+from sklearn.linear_model import ElasticNetCV, LassoCV, LogisticRegression
 
 import bilevax as bx
 
@@ -135,6 +135,19 @@ def _classification(n=60, p=8, seed=0):
     return X, (z + rng.standard_normal(n) > 0).astype(int)
 
 
+def _liblinear(C, X, y):
+    """scikit-learn's L1 logistic regression at `C`, solved tightly (the intercept
+    scaled up so that liblinear's penalty on it is negligible)."""
+    return LogisticRegression(
+        C=C,
+        l1_ratio=1.0,
+        solver="liblinear",
+        tol=1e-12,
+        max_iter=1_000_000,
+        intercept_scaling=1e6,
+    ).fit(X, y)
+
+
 def test_sparse_logistic_hypergradient_equals_finite_differences():
     """Proximal Newton + support-restricted adjoint against central differences of
     the held-out log-loss in `log C`."""
@@ -164,20 +177,12 @@ def test_sparse_logistic_solve_is_scikit_learns_objective():
     solution (liblinear with a huge `intercept_scaling`, so that its intercept is
     unpenalised, as ours and saga's)."""
     import jax.numpy as jnp
-    from sklearn.linear_model import LogisticRegression
 
     from bilevax import sklearn as sk
 
     X, y = _classification(n=80, seed=1)
     C = 0.2
-    reference = LogisticRegression(
-        C=C,
-        l1_ratio=1.0,
-        solver="liblinear",
-        tol=1e-12,
-        max_iter=1_000_000,
-        intercept_scaling=1e6,
-    ).fit(X, y)
+    reference = _liblinear(C, X, y)
     t = np.where(y == 1, 1.0, -1.0)
     s, _ = bx.sklearn.SparseLogisticHO(tol=1e-12)._setting(
         X, t, [(np.arange(80), np.arange(80))], jnp.float64
@@ -213,7 +218,6 @@ def test_breast_cancer_sparse_logistic_reaches_the_grid():
     scikit-learn's solution at `C_`."""
     import jax.numpy as jnp
     from sklearn.datasets import load_breast_cancer
-    from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
 
     from bilevax import sklearn as sk
@@ -228,14 +232,7 @@ def test_breast_cancer_sparse_logistic_reaches_the_grid():
     k, errors, _, violation = sk._grid(sk._LogisticL1(), Cs, jnp.zeros((5, 31)), s)
     assert int(k) == 100 and float(violation) <= 1e-8
     assert model.validation_error_ <= 1.01 * float(jnp.min(errors))
-    reference = LogisticRegression(
-        C=float(model.C_[0]),
-        l1_ratio=1.0,
-        solver="liblinear",
-        tol=1e-12,
-        max_iter=1_000_000,
-        intercept_scaling=1e6,
-    ).fit(X, y)
+    reference = _liblinear(float(model.C_[0]), X, y)
     # the refit is solved to the default `tol` (1e-6, relative); tight solves are
     # compared in test_sparse_logistic_solve_is_scikit_learns_objective
     np.testing.assert_allclose(model.coef_, reference.coef_, atol=1e-3)

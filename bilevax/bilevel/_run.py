@@ -366,7 +366,8 @@ class AbstractBilevelAlgorithm(eqx.Module):
             earlier, start = state.history, state.total_steps
             unconverged, state = state.inner_unconverged_steps, state.state
         args = (self, problem, x0, y0, data, key, state, start)
-        if progress or callback is not None:
+        chunked = progress or callback is not None
+        if chunked:
             result = _run_from_python(
                 args, num_records, record_every, progress, callback
             )
@@ -382,9 +383,8 @@ class AbstractBilevelAlgorithm(eqx.Module):
                 result,
                 result.inner_unconverged_steps + unconverged,
             )
-        if not throw or not (progress or callback is not None):
-            return result
-        return _checked(result)
+        # a compiled run checked `throw` inside its program
+        return _checked(result) if throw and chunked else result
 
 
 _RUNNING, _DIVERGED, _INNER_FAILED = 0, 1, 2
